@@ -1,0 +1,19 @@
+"""ccmc_estim: estimation of context-conditioned Markov chains, the exact model of one-layer
+self-attention with a tied output head."""
+
+from .datasets import Vocabulary, make_ccmc_data, prompts_from_sequences
+from .diagnostics import IdentifiabilityWarning
+from .estimator import CCMCEstimator
+from .model import CCMC, attention_forward
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CCMC",
+    "CCMCEstimator",
+    "IdentifiabilityWarning",
+    "Vocabulary",
+    "attention_forward",
+    "make_ccmc_data",
+    "prompts_from_sequences",
+]

@@ -1,0 +1,236 @@
+"""Compiled numeric kernels over the flat prompt statistics.
+
+Every function here is a plain ``@njit(cache=True)`` function over flat arrays.  Callers validate
+their input first: numba does not check bounds.
+
+Layout (see ``_stats``): prompt ``i`` owns the entries ``indptr[i]:indptr[i + 1]``; entry ``j``
+holds a distinct token ``tokens[j]`` (or, for a column problem, its local index ``local[j]``)
+and the log of its (possibly position-weighted) count ``logc[j]``.
+"""
+
+import numpy as np
+from numba import njit
+
+_NOGIL = {"cache": True, "nogil": True}
+
+
+# --------------------------------------------------------------------------- statistics
+@njit(cache=True)
+def _insertion_sort(a, lo, hi):
+    """Sort ``a[lo:hi]`` in place; prompts hold few distinct tokens, where this is fastest."""
+    for i in range(lo + 1, hi):
+        v = a[i]
+        j = i - 1
+        while j >= lo and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@njit(cache=True)
+def prompt_counts(flat, indptr, n_tokens):
+    """Distinct tokens (sorted) and their counts for every prompt of a flat token array."""
+    n = indptr.size - 1
+    mark = np.full(n_tokens, -1, np.int64)
+    nd = np.empty(n + 1, np.int64)
+    nd[0] = 0
+    for i in range(n):
+        d = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            t = flat[j]
+            if mark[t] != i:
+                mark[t] = i
+                d += 1
+        nd[i + 1] = nd[i] + d
+    tokens = np.empty(nd[n], np.int32)
+    counts = np.empty(nd[n], np.float64)
+    cnt = np.zeros(n_tokens, np.int64)
+    mark[:] = -1
+    for i in range(n):
+        pos = nd[i]
+        for j in range(indptr[i], indptr[i + 1]):
+            t = flat[j]
+            if mark[t] != i:
+                mark[t] = i
+                cnt[t] = 0
+                tokens[pos] = t
+                pos += 1
+            cnt[t] += 1
+        # Sorted tokens make the statistics independent of the order of the non-last tokens,
+        # down to the last bit of every sum over a prompt.
+        if nd[i + 1] - nd[i] <= 24:
+            _insertion_sort(tokens, nd[i], nd[i + 1])
+        else:
+            tokens[nd[i] : nd[i + 1]].sort()
+        for j in range(nd[i], nd[i + 1]):
+            counts[j] = cnt[tokens[j]]
+    return nd, tokens, counts
+
+
+@njit(cache=True)
+def output_entries(indptr, tokens, outputs):
+    """Entry index of each output inside its prompt's (sorted) tokens, -1 where absent."""
+    n = indptr.size - 1
+    out = np.full(n, -1, np.int64)
+    for i in range(n):
+        lo = indptr[i]
+        hi = indptr[i + 1]
+        y = outputs[i]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tokens[mid] < y:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < indptr[i + 1] and tokens[lo] == y:
+            out[i] = lo
+    return out
+
+
+# --------------------------------------------------------------------------- model
+@njit(cache=True)
+def entry_log_proba(logits, indptr, tokens, logc, query):
+    """Log-probability of every entry: ``logits[k, q] + log m_k - logsumexp`` over the prompt."""
+    n = indptr.size - 1
+    out = np.empty(tokens.size, np.float64)
+    for i in range(n):
+        q = query[i]
+        a = indptr[i]
+        b = indptr[i + 1]
+        mx = -np.inf
+        for j in range(a, b):
+            z = logits[tokens[j], q] + logc[j]
+            out[j] = z
+            if z > mx:
+                mx = z
+        s = 0.0
+        for j in range(a, b):
+            s += np.exp(out[j] - mx)
+        lse = mx + np.log(s)
+        for j in range(a, b):
+            out[j] -= lse
+    return out
+
+
+@njit(cache=True)
+def sample_entries(logp, indptr, u):
+    """Inverse-CDF draw of one entry per prompt from entry log-probabilities and uniforms."""
+    n = indptr.size - 1
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        a = indptr[i]
+        b = indptr[i + 1]
+        c = 0.0
+        pick = b - 1
+        for j in range(a, b):
+            c += np.exp(logp[j])
+            if u[i] < c:
+                pick = j
+                break
+        out[i] = pick
+    return out
+
+
+# --------------------------------------------------------------------------- column problems
+# A column problem holds the prompts of one query token: ``indptr`` starts at 0, ``local[j]``
+# indexes the column's parameter vector ``theta`` (its identified tokens) and ``y_entry[i]`` is
+# the entry of prompt ``i`` that holds its output.
+
+
+@njit(**_NOGIL)
+def column_nll(theta, indptr, local, logc, y_entry, weight):
+    """Weighted negative log-likelihood of one column."""
+    f = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        mx = -np.inf
+        for j in range(s0, s1):
+            z = theta[local[j]] + logc[j]
+            if z > mx:
+                mx = z
+        s = 0.0
+        for j in range(s0, s1):
+            s += np.exp(theta[local[j]] + logc[j] - mx)
+        yj = y_entry[i]
+        f += weight[i] * (mx + np.log(s) - theta[local[yj]] - logc[yj])
+    return f
+
+
+@njit(**_NOGIL)
+def column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob):
+    """NLL of one column; fills ``grad`` (per parameter) and ``prob`` (per entry)."""
+    grad[:] = 0.0
+    f = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        mx = -np.inf
+        for j in range(s0, s1):
+            z = theta[local[j]] + logc[j]
+            prob[j] = z
+            if z > mx:
+                mx = z
+        s = 0.0
+        for j in range(s0, s1):
+            e = np.exp(prob[j] - mx)
+            prob[j] = e
+            s += e
+        w = weight[i]
+        yj = y_entry[i]
+        f += w * (mx + np.log(s) - theta[local[yj]] - logc[yj])
+        inv = 1.0 / s
+        for j in range(s0, s1):
+            p = prob[j] * inv
+            prob[j] = p
+            grad[local[j]] += w * p
+        grad[local[yj]] -= w
+    return f
+
+
+@njit(**_NOGIL)
+def column_hessian(indptr, local, weight, prob, hess):
+    """Dense Hessian ``sum_i w_i (diag(p_i) - p_i p_i^T)`` of one column (from entry probs)."""
+    hess[:, :] = 0.0
+    for i in range(indptr.size - 1):
+        w = weight[i]
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        for j in range(s0, s1):
+            lj = local[j]
+            wpj = w * prob[j]
+            hess[lj, lj] += wpj * (1.0 - prob[j])
+            for k in range(j + 1, s1):
+                hess[lj, local[k]] -= wpj * prob[k]
+    # Only pairs j < k were accumulated; tokens are sorted, so local[j] < local[k]: upper half.
+    n = hess.shape[0]
+    for r in range(n):
+        for c in range(r + 1, n):
+            hess[c, r] = hess[r, c]
+
+
+@njit(**_NOGIL)
+def column_hessp(v, indptr, local, weight, prob, out):
+    """Hessian-vector product of one column from entry probabilities."""
+    out[:] = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        pv = 0.0
+        for j in range(s0, s1):
+            pv += prob[j] * v[local[j]]
+        w = weight[i]
+        for j in range(s0, s1):
+            lj = local[j]
+            out[lj] += w * prob[j] * (v[lj] - pv)
+
+
+@njit(**_NOGIL)
+def column_hess_diag(indptr, local, weight, prob, out):
+    """Diagonal of the column Hessian (the preconditioner of the truncated Newton solver)."""
+    out[:] = 0.0
+    for i in range(indptr.size - 1):
+        w = weight[i]
+        for j in range(indptr[i], indptr[i + 1]):
+            p = prob[j]
+            out[local[j]] += w * p * (1.0 - p)

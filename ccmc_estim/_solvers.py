@@ -1,0 +1,230 @@
+"""Per-column solvers of the penalised CCMC likelihood (THEORY.md section 3).
+
+The objective of column ``q`` is ``NLL_q(theta) + alpha / 2 * ||theta||^2`` over the column's
+identified logits.  Columns do not interact, so each is solved on its own: a damped Newton method
+with a dense Hessian for small columns, a truncated Newton method (preconditioned conjugate
+gradients on Hessian-vector products) for large ones.  Both stop when
+
+    max_k |gradient_k| <= tol * max(1, total sample weight of the column),
+
+i.e. when the gradient of the column's *mean* loss is below ``tol``, or when no step decreases the
+objective beyond rounding.  Every column is solved by the same deterministic code whatever thread
+runs it, so the result does not depend on ``n_jobs``.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+from ._kernels import (
+    column_hess_diag,
+    column_hessian,
+    column_hessp,
+    column_nll,
+    column_nll_grad,
+)
+
+#: Columns with more identified entries than this use the truncated Newton solver under "auto".
+DENSE_MAX = 300
+
+# Status codes of a column solve.
+MAX_ITER, CONVERGED, NO_DECREASE = 0, 1, 2
+
+_EPS = np.finfo(np.float64).eps
+
+
+@njit(cache=True, nogil=True)
+def _dense_direction(grad, indptr, local, weight, prob, alpha):
+    n = grad.size
+    hess = np.empty((n, n))
+    column_hessian(indptr, local, weight, prob, hess)
+    top = 0.0
+    for k in range(n):
+        hess[k, k] += alpha
+        top = max(top, hess[k, k])
+    if alpha == 0.0:
+        # The unpenalised loss is flat along the all-ones direction (column gauge).  Adding
+        # c * 1 1^T leaves the step orthogonal to it, since the gradient is.
+        hess += top / n
+    for k in range(n):
+        hess[k, k] += 1e-12 * top + 1e-300  # guards columns whose MLE is at infinity
+    return np.linalg.solve(hess, -grad)
+
+
+@njit(cache=True, nogil=True)
+def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
+    """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance."""
+    n = grad.size
+    diag = np.empty(n)
+    column_hess_diag(indptr, local, weight, prob, diag)
+    top = diag.max()
+    for k in range(n):
+        diag[k] += alpha + 1e-12 * top + 1e-300
+    gnorm = np.sqrt(grad @ grad)
+    eta = min(0.5, np.sqrt(gnorm / scale))
+    d = np.zeros(n)
+    r = -grad.copy()
+    z = r / diag
+    p = z.copy()
+    rz = r @ z
+    hp = np.empty(n)
+    for _ in range(min(n, 250)):
+        column_hessp(p, indptr, local, weight, prob, hp)
+        hp += alpha * p
+        php = p @ hp
+        if php <= 1e-300:
+            break
+        step = rz / php
+        d += step * p
+        r -= step * hp
+        if np.sqrt(r @ r) <= eta * gnorm:
+            break
+        z = r / diag
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    if not d.any():
+        d = -grad / diag
+    return d
+
+
+@njit(cache=True, nogil=True)
+def _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob):
+    f = column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob)
+    grad += alpha * theta
+    return f + 0.5 * alpha * (theta @ theta)
+
+
+@njit(cache=True, nogil=True)
+def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_iter, use_cg):
+    """Minimise one column's penalised NLL in place; returns ``(objective, n_iter, status)``."""
+    n = theta.size
+    grad = np.empty(n)
+    prob = np.empty(local.size)
+    trial = np.empty(n)
+    grad_t = np.empty(n)
+    prob_t = np.empty(local.size)
+    scale = max(weight.sum(), 1.0)
+    gtol = tol * scale
+    f = _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob)
+    status = MAX_ITER
+    n_iter = 0
+    while True:
+        if np.abs(grad).max() <= gtol:
+            status = CONVERGED
+            break
+        if n_iter >= max_iter:
+            break
+        n_iter += 1
+        if use_cg:
+            d = _cg_direction(grad, indptr, local, weight, prob, alpha, scale)
+        else:
+            d = _dense_direction(grad, indptr, local, weight, prob, alpha)
+        gd = grad @ d
+        if not gd < 0.0:  # not a descent direction (numerical breakdown): steepest descent
+            d = -grad
+            gd = -(grad @ grad)
+        # Armijo backtracking; a change within rounding of f counts as no increase.  The full
+        # step is tried with the gradient, since Newton steps are accepted almost always.
+        slack = 8.0 * _EPS * abs(f)
+        trial[:] = theta + d
+        ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
+        t = 1.0
+        while ft > f + 1e-4 * t * gd + slack and t > 1e-18:
+            t *= 0.5
+            trial[:] = theta + t * d
+            ft = column_nll(trial, indptr, local, logc, y_entry, weight)
+            ft += 0.5 * alpha * (trial @ trial)
+        if ft > f + 1e-4 * t * gd + slack:
+            status = NO_DECREASE
+            break
+        if t < 1.0:
+            ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
+        theta[:] = trial
+        grad, grad_t = grad_t, grad
+        prob, prob_t = prob_t, prob
+        f_old = f
+        f = ft
+        if t < 1.0 and f_old - f <= slack:
+            # Only a damped step within rounding of f was possible: nothing left to gain.
+            status = NO_DECREASE
+            break
+    return f, n_iter, status
+
+
+@njit(cache=True, nogil=True)
+def _solve_chunk(cols, col_ptr, indptr, local, logc, y_entry, weight, id_ptr, theta, use_cg,
+                 alpha, tol, max_iter, objective, n_iter, status):
+    for q in cols:
+        a = col_ptr[q]
+        b = col_ptr[q + 1]
+        e0 = indptr[a]
+        e1 = indptr[b]
+        f, it, st = solve_column(
+            theta[id_ptr[q] : id_ptr[q + 1]],
+            indptr[a : b + 1] - e0,
+            local[e0:e1],
+            logc[e0:e1],
+            y_entry[a:b] - e0,
+            weight[a:b],
+            alpha,
+            tol,
+            max_iter,
+            use_cg[q],
+        )
+        objective[q] = f
+        n_iter[q] = it
+        status[q] = st
+
+
+def _balanced_chunks(cols, cost, n_chunks):
+    """Split columns into ``n_chunks`` lists of similar total cost (longest first)."""
+    bins = [[] for _ in range(n_chunks)]
+    load = np.zeros(n_chunks)
+    for q in cols[np.argsort(-cost[cols], kind="stable")]:
+        b = int(np.argmin(load))
+        bins[b].append(q)
+        load[b] += cost[q]
+    return [np.array(sorted(b), np.int64) for b in bins if b]
+
+
+def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
+    """Solve every column of a :class:`~ccmc_estim._stats.ColumnData` in place.
+
+    Parameters
+    ----------
+    cd : ColumnData
+    theta : ndarray of float64, shape (cd.n_params,)
+        Starting point, overwritten with the solution.
+    solver : {"auto", "newton", "newton-cg"}
+    n_jobs : int
+        Number of threads (the compiled solver releases the GIL).
+
+    Returns
+    -------
+    objective, n_iter, status : ndarray of shape (K,)
+        Per column; ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``.
+    """
+    K = cd.n_tokens
+    sizes = np.diff(cd.id_ptr)
+    if solver == "auto":
+        use_cg = sizes > DENSE_MAX
+    else:
+        use_cg = np.full(K, solver == "newton-cg")
+    nnz = np.diff(cd.indptr[cd.col_ptr])
+    cost = nnz + np.where(use_cg, 0, sizes.astype(np.float64) ** 3 / 3)
+    cols = np.flatnonzero(np.diff(cd.col_ptr) > 0)
+    objective = np.zeros(K)
+    n_iter = np.zeros(K, np.int64)
+    status = np.full(K, CONVERGED, np.int64)
+    args = (cd.col_ptr, cd.indptr, cd.local, cd.logc, cd.y_entry, cd.weight, cd.id_ptr, theta,
+            use_cg, float(alpha), float(tol), int(max_iter), objective, n_iter, status)
+    chunks = _balanced_chunks(cols, cost.astype(np.float64), max(1, min(n_jobs, cols.size)))
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            _solve_chunk(chunk, *args)
+    else:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            list(pool.map(lambda c: _solve_chunk(c, *args), chunks))
+    return objective, n_iter, status

@@ -1,0 +1,289 @@
+"""scikit-learn estimators of the CCMC logits (THEORY.md section 3)."""
+
+import time
+import warnings
+from dataclasses import replace
+from numbers import Integral, Real
+
+import numpy as np
+from joblib import effective_n_jobs
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+from ._solvers import MAX_ITER, solve_columns
+from ._stats import (
+    check_outputs,
+    check_sample_weight,
+    column_data,
+    prompt_stats,
+)
+from .diagnostics import IdentifiabilityWarning, mle_existence
+from .model import CCMC
+
+_SOLVERS = ("auto", "newton", "newton-cg")
+
+
+def _list_columns(cols, limit=10):
+    cols = [int(c) for c in cols]
+    text = ", ".join(map(str, cols[:limit]))
+    return text + (f", ... ({len(cols)} in all)" if len(cols) > limit else "")
+
+
+class CCMCEstimator(ClassifierMixin, BaseEstimator):
+    """Penalised maximum-likelihood estimator of a context-conditioned Markov chain.
+
+    Minimises, over the logits that enter the likelihood,
+
+        sum_i w_i [log sum_k m_ik exp(W[k, q_i]) - W[y_i, q_i] - log m_{i, y_i}]
+        + alpha / 2 * ||W||^2,
+
+    which splits into one convex problem per query column, solved in parallel.
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        L2 penalty on the identified logits, added to the *total* weighted NLL, so its influence
+        fades as the data grow and the estimate stays consistent.  It is the MAP estimate under a
+        standard normal prior on each logit: it keeps the fit finite where the plain MLE does not
+        exist (a token that is available but never chosen would otherwise get logit -inf).
+        ``alpha=0`` is the plain MLE.
+    n_tokens : int or None, default=None
+        Vocabulary size ``K``; inferred from the training data as ``max token + 1`` when None.
+    solver : {"auto", "newton", "newton-cg"}, default="auto"
+        ``"newton"``: damped Newton with a dense Hessian per column; ``"newton-cg"``: truncated
+        Newton with preconditioned conjugate gradients on Hessian-vector products;
+        ``"auto"``: dense Newton for columns with at most 300 identified logits, else newton-cg.
+    tol : float, default=1e-6
+        A column stops when the largest absolute gradient of its mean loss (gradient divided by
+        the column's total sample weight, at least 1) is at most ``tol``, or when no step lowers
+        the objective beyond rounding.
+    max_iter : int, default=100
+        Maximum Newton iterations per column; a column that reaches it raises a
+        ``ConvergenceWarning``.
+    warm_start : bool, default=False
+        Start from the previous solution when refitting with the same vocabulary.
+    n_jobs : int or None, default=None
+        Threads over columns (``-1``: all cores).  Results do not depend on it.
+    verbose : int, default=0
+        Print a summary of the fit when positive.
+
+    Attributes
+    ----------
+    logits_ : ndarray of shape (K, K)
+        Fitted logits, each column centred over its identified entries; 0 elsewhere.
+    identified_ : ndarray of bool, shape (K, K)
+        Entries ``(k, q)`` that entered the likelihood (``k`` occurred in a prompt with query
+        ``q``).
+    model_ : CCMC
+        The fitted model.
+    classes_ : ndarray of shape (K,)
+        Token ids ``0..K-1``.
+    n_tokens_ : int
+    n_iter_ : ndarray of shape (K,)
+        Newton iterations per column.
+    objective_ : float
+        Penalised objective at the solution.
+
+    Examples
+    --------
+    >>> from ccmc_estim import CCMCEstimator, make_ccmc_data
+    >>> prompts, outputs, truth = make_ccmc_data(2000, 5, 10, random_state=0)
+    >>> est = CCMCEstimator().fit(prompts, outputs)
+    >>> est.logits_.shape
+    (5, 5)
+    >>> round(est.score(prompts, outputs), 2) < 0
+    True
+    """
+
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        n_tokens=None,
+        solver="auto",
+        tol=1e-6,
+        max_iter=100,
+        warm_start=False,
+        n_jobs=None,
+        verbose=0,
+    ):
+        self.alpha = alpha
+        self.n_tokens = n_tokens
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.warm_start = warm_start
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.target_tags.required = True
+        tags.non_deterministic = False
+        return tags
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self):
+        def real(name, low, inclusive=True):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v):
+                raise TypeError(f"{name} must be a finite real number, got {v!r}.")
+            if v < low or (v == low and not inclusive):
+                op = ">=" if inclusive else ">"
+                raise ValueError(f"{name} must be {op} {low}, got {v!r}.")
+
+        real("alpha", 0.0)
+        real("tol", 0.0, inclusive=False)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, Integral):
+            raise TypeError(f"max_iter must be an integer, got {self.max_iter!r}.")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}.")
+        if self.n_tokens is not None and (
+            isinstance(self.n_tokens, bool)
+            or not isinstance(self.n_tokens, Integral)
+            or self.n_tokens < 1
+        ):
+            raise ValueError(f"n_tokens must be None or a positive integer, got {self.n_tokens!r}.")
+        if self.n_jobs is not None and (
+            isinstance(self.n_jobs, bool)
+            or not isinstance(self.n_jobs, Integral)
+            or self.n_jobs == 0
+        ):
+            raise ValueError(f"n_jobs must be None or a non-zero integer, got {self.n_jobs!r}.")
+
+    def _training_data(self, prompts, outputs, sample_weight):
+        """Validated statistics, outputs and weights of the training data."""
+        stats = prompt_stats(prompts, self.n_tokens)
+        if self.n_tokens is None:
+            outputs = check_outputs(outputs, stats.n_prompts, np.iinfo(np.int64).max)
+            top = int(outputs.max()) + 1 if outputs.size else 0
+            if top > stats.n_tokens:
+                stats = replace(stats, n_tokens=top)
+        else:
+            outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
+        weight = check_sample_weight(sample_weight, stats.n_prompts)
+        return stats, outputs, weight
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, prompts, outputs, sample_weight=None):
+        """Fit the logits by penalised maximum likelihood.
+
+        Parameters
+        ----------
+        prompts : array-like of shape (n, L) or sequence of 1-D sequences
+            Token ids; the last token of each prompt is its query.
+        outputs : array-like of shape (n,)
+            Next token of each prompt; it must occur in the prompt.
+        sample_weight : array-like of shape (n,) or None
+            Non-negative weights; a weight of 2 equals a duplicated sample, 0 a removed one.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        t0 = time.perf_counter()
+        stats, outputs, weight = self._training_data(prompts, outputs, sample_weight)
+        cd = column_data(stats, outputs, weight)
+        K = stats.n_tokens
+        if self.warm_start and getattr(self, "n_tokens_", None) == K:
+            theta = cd.from_matrix(self.logits_)
+        else:
+            theta = np.zeros(cd.n_params)
+        objective, n_iter, status = solve_columns(
+            cd,
+            theta,
+            alpha=self.alpha,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            solver=self.solver,
+            n_jobs=effective_n_jobs(self.n_jobs),
+        )
+        self._check_solution(cd, status)
+        # Centre each column over its identified entries (the reported gauge).
+        sizes = np.diff(cd.id_ptr)
+        means = np.add.reduceat(theta, cd.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
+        theta -= np.repeat(means, sizes[sizes > 0])
+        self.logits_ = cd.to_matrix(theta)
+        self.identified_ = cd.identified_mask()
+        self.model_ = CCMC(self.logits_)
+        self.classes_ = np.arange(K)
+        self.n_tokens_ = K
+        self.n_iter_ = n_iter
+        self.objective_ = float(objective.sum())
+        if self.verbose:
+            print(
+                f"CCMCEstimator: {stats.n_prompts} prompts, {int((sizes > 0).sum())} columns, "
+                f"{cd.n_params} identified logits, max {int(n_iter.max())} iterations, "
+                f"objective {self.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
+            )
+        return self
+
+    def _check_solution(self, cd, status):
+        bad = np.flatnonzero(status == MAX_ITER)
+        if bad.size:
+            warnings.warn(
+                f"the solver reached max_iter={self.max_iter} before tol={self.tol:g} in "
+                f"column(s) {_list_columns(bad)}; increase max_iter or alpha.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        if self.alpha == 0:
+            exists, never_chosen = mle_existence(cd)
+            queried = np.diff(cd.col_ptr) > 0
+            missing = np.flatnonzero(queried & ~exists)
+            if missing.size:
+                detail = "; ".join(
+                    f"column {q}: tokens {never_chosen[q].tolist()} never chosen"
+                    for q in missing[:5]
+                    if q in never_chosen
+                )
+                warnings.warn(
+                    "with alpha=0 the maximum-likelihood estimate does not exist (some logits "
+                    f"go to -inf or +inf) in column(s) {_list_columns(missing)}"
+                    + (f" ({detail})" if detail else "")
+                    + ". The returned logits there are finite only because the solver stopped "
+                    "at tol; use alpha > 0 for a well-defined estimate.",
+                    IdentifiabilityWarning,
+                    stacklevel=3,
+                )
+
+    # ------------------------------------------------------------------ prediction
+    def _model(self):
+        check_is_fitted(self, "model_")
+        return self.model_
+
+    def predict_proba(self, prompts):
+        """Next-token probabilities, shape ``(n, n_tokens_)``; zero for tokens not in a prompt."""
+        return self._model().predict_proba(prompts)
+
+    def predict_log_proba(self, prompts):
+        """Next-token log-probabilities; ``-inf`` for tokens not in a prompt."""
+        return self._model().predict_log_proba(prompts)
+
+    def predict(self, prompts):
+        """Most probable next token of each prompt."""
+        log_proba = self.predict_log_proba(prompts)
+        return self.classes_[np.argmax(log_proba, axis=1)]
+
+    def score_samples(self, prompts, outputs):
+        """Log-likelihood of each output given its prompt (``-inf`` if absent from the prompt)."""
+        return self._model().log_likelihood(prompts, outputs)
+
+    def score(self, prompts, outputs, sample_weight=None):
+        """Mean log-likelihood per prompt (weighted by ``sample_weight``).
+
+        The log-likelihood is a strictly proper scoring rule, so model selection by ``score``
+        (as ``GridSearchCV`` does by default) picks the best-calibrated penalty.  Outputs absent
+        from their prompt have probability zero and make the score ``-inf``.
+        """
+        ll = self.score_samples(prompts, outputs)
+        w = check_sample_weight(sample_weight, ll.size)
+        hit = w > 0
+        if np.isneginf(ll[hit]).any():
+            return -np.inf
+        return float(np.average(ll[hit], weights=w[hit]))

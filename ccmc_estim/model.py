@@ -1,0 +1,278 @@
+"""The context-conditioned Markov chain (THEORY.md sections 1 and 2)."""
+
+from itertools import pairwise
+
+import numpy as np
+from scipy.special import softmax
+from sklearn.utils import check_random_state
+
+from . import _kernels
+from ._stats import _flatten_prompts, check_outputs, prompt_stats
+
+
+def _check_logits(logits):
+    logits = np.array(logits, dtype=np.float64)  # a private copy: the model is immutable
+    if logits.ndim != 2 or logits.shape[0] != logits.shape[1] or logits.shape[0] == 0:
+        raise ValueError(f"logits must be a square (K, K) matrix, got shape {logits.shape}.")
+    if not np.isfinite(logits).all():
+        k, q = np.argwhere(~np.isfinite(logits))[0]
+        raise ValueError(f"logits must be finite; logits[{k}, {q}] = {logits[k, q]}.")
+    logits.setflags(write=False)
+    return logits
+
+
+class CCMC:
+    """Context-conditioned Markov chain: the exact model of a tied one-layer attention layer.
+
+    Given a prompt with last token (query) ``q`` and token histogram ``m``, the next token is
+    ``k`` with probability ``m_k exp(logits[k, q]) / sum_j m_j exp(logits[j, q])``.
+
+    Parameters
+    ----------
+    logits : array-like of shape (K, K)
+        ``logits[k, q]`` is the attention logit of token ``k`` when the query is ``q``
+        (columns are queries).  Adding a constant to a column changes nothing.
+
+    Attributes
+    ----------
+    logits : ndarray of shape (K, K)
+        Read-only copy of the logits.
+    n_tokens : int
+        Vocabulary size ``K``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import CCMC
+    >>> model = CCMC(np.array([[2.0, 0.0], [0.0, 1.0]]))
+    >>> model.predict_proba([[0, 1, 1]]).round(3)
+    array([[0.155, 0.845]])
+    >>> model.transition_matrix.round(3)
+    array([[0.881, 0.119],
+           [0.269, 0.731]])
+    """
+
+    def __init__(self, logits):
+        self.logits = _check_logits(logits)
+
+    @property
+    def n_tokens(self):
+        return self.logits.shape[0]
+
+    def __repr__(self):
+        return f"CCMC(n_tokens={self.n_tokens})"
+
+    def __eq__(self, other):
+        return type(other) is type(self) and np.array_equal(self.logits, other.logits)
+
+    __hash__ = None
+
+    # ------------------------------------------------------------------ helpers
+    def _stats(self, prompts):
+        return prompt_stats(prompts, self.n_tokens)
+
+    def _entry_log_proba(self, stats):
+        return _kernels.entry_log_proba(
+            self.logits, stats.indptr, stats.tokens, stats.logc, stats.query
+        )
+
+    # ------------------------------------------------------------------ probabilities
+    def predict_log_proba(self, prompts):
+        """Log-probabilities of the next token.
+
+        Parameters
+        ----------
+        prompts : array-like of shape (n, L) or sequence of 1-D sequences
+            Token ids.
+
+        Returns
+        -------
+        ndarray of shape (n, K)
+            Exactly ``-inf`` for tokens absent from a prompt.
+        """
+        stats = self._stats(prompts)
+        out = np.full((stats.n_prompts, self.n_tokens), -np.inf)
+        out[stats.row, stats.tokens] = self._entry_log_proba(stats)
+        return out
+
+    def predict_proba(self, prompts):
+        """Next-token distribution of each prompt, shape ``(n, K)``."""
+        stats = self._stats(prompts)
+        out = np.zeros((stats.n_prompts, self.n_tokens))
+        out[stats.row, stats.tokens] = np.exp(self._entry_log_proba(stats))
+        return out
+
+    def log_likelihood(self, prompts, outputs):
+        """Log-probability of each output given its prompt (``-inf`` when absent from it).
+
+        Returns
+        -------
+        ndarray of shape (n,)
+        """
+        stats = self._stats(prompts)
+        outputs = check_outputs(outputs, stats.n_prompts, self.n_tokens)
+        entries = stats.output_entries(outputs)
+        logp = self._entry_log_proba(stats)
+        return np.where(entries >= 0, logp[np.maximum(entries, 0)], -np.inf)
+
+    def sample(self, prompts, random_state=None):
+        """Draw one next token for each prompt.
+
+        Parameters
+        ----------
+        prompts : array-like of shape (n, L) or sequence of 1-D sequences
+        random_state : int, Generator, RandomState or None
+
+        Returns
+        -------
+        ndarray of int64, shape (n,)
+        """
+        stats = self._stats(prompts)
+        u = check_random_state(random_state).random_sample(stats.n_prompts)
+        entries = _kernels.sample_entries(self._entry_log_proba(stats), stats.indptr, u)
+        return stats.tokens[entries].astype(np.int64)
+
+    # ------------------------------------------------------------------ base chain
+    @property
+    def transition_matrix(self):
+        """Base Markov chain, row-stochastic: row ``q`` is ``softmax(logits[:, q])``."""
+        return softmax(self.logits, axis=0).T
+
+    def stationary_distribution(self):
+        """Stationary distribution ``pi`` of the base chain (``pi @ P = pi``, ``sum(pi) = 1``).
+
+        The base chain has strictly positive transitions, so ``pi`` is unique.
+        """
+        P = self.transition_matrix
+        K = self.n_tokens
+        A = np.vstack([P.T - np.eye(K), np.ones((1, K))])
+        rhs = np.zeros(K + 1)
+        rhs[-1] = 1.0
+        pi = np.linalg.lstsq(A, rhs, rcond=None)[0]
+        pi = np.clip(pi, 0.0, None)
+        return pi / pi.sum()
+
+    # ------------------------------------------------------------------ attention
+    @classmethod
+    def from_attention(cls, E, W_att, C=None, atol=1e-8):
+        """CCMC of a one-layer self-attention layer with a tied output head.
+
+        Parameters
+        ----------
+        E : array-like of shape (K, d)
+            Token embeddings (one row per token), ``d >= K``.
+        W_att : array-like of shape (d, d)
+            Attention matrix: the score of position ``i`` is ``e_{x_i}^T W_att e_q``.
+        C : array-like of shape (K, d) or None
+            Output head.  When given it must satisfy weight tying ``C E^T = I`` within ``atol``.
+            When None, the tied head ``pinv(E)^T`` is assumed, which needs ``E`` of rank ``K``.
+        atol : float
+            Tolerance of the tying and rank checks.
+
+        Returns
+        -------
+        CCMC
+            The model with ``logits = E W_att E^T``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ccmc_estim import CCMC
+        >>> E = np.eye(3)
+        >>> float(CCMC.from_attention(E, np.diag([1.0, 2.0, 3.0])).logits[2, 2])
+        3.0
+        """
+        E = np.asarray(E, dtype=np.float64)
+        W_att = np.asarray(W_att, dtype=np.float64)
+        if E.ndim != 2:
+            raise ValueError(f"E must be a 2-D (K, d) matrix, got shape {E.shape}.")
+        K, d = E.shape
+        if W_att.shape != (d, d):
+            raise ValueError(f"W_att must have shape ({d}, {d}) to match E, got {W_att.shape}.")
+        if d < K:
+            raise ValueError(
+                f"weight tying C E^T = I needs embedding dimension d >= K, got d={d} < K={K}."
+            )
+        if C is None:
+            sv = np.linalg.svd(E, compute_uv=False)
+            if sv[-1] <= atol * max(sv[0], 1.0):
+                raise ValueError(
+                    "E does not have full row rank, so no output head can be tied to it "
+                    f"(smallest singular value {sv[-1]:.3g})."
+                )
+        else:
+            C = np.asarray(C, dtype=np.float64)
+            if C.shape != (K, d):
+                raise ValueError(f"C must have shape ({K}, {d}) like E, got {C.shape}.")
+            dev = np.abs(C @ E.T - np.eye(K)).max()
+            if dev > atol:
+                raise ValueError(
+                    f"the output head is not tied to the embeddings: max |C E^T - I| = {dev:.3g} "
+                    f"> atol={atol:g}. The CCMC is exact only for a tied head (e.g. C = pinv(E).T)."
+                )
+        return cls(E @ W_att @ E.T)
+
+    def to_attention(self, d=None, random_state=None):
+        """An attention layer ``(E, W_att, C)`` with exactly this model's output distribution.
+
+        Parameters
+        ----------
+        d : int or None
+            Embedding dimension (``>= K``).  None gives ``E = C = I_K`` and ``W_att = logits``.
+        random_state : int, Generator, RandomState or None
+            With ``d`` given, ``E`` has random orthonormal rows drawn from it.
+
+        Returns
+        -------
+        E : ndarray of shape (K, d)
+        W_att : ndarray of shape (d, d)
+        C : ndarray of shape (K, d)
+            Tied to ``E``: ``C E^T = I``.
+        """
+        K = self.n_tokens
+        if d is None:
+            return np.eye(K), self.logits.copy(), np.eye(K)
+        if d < K:
+            raise ValueError(f"d must be at least K={K}, got {d}.")
+        rng = check_random_state(random_state)
+        Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        E = Q[:K]
+        return E, E.T @ self.logits @ E, E.copy()
+
+
+def attention_forward(E, W_att, C, prompts):
+    """Literal forward pass of a one-layer self-attention layer, for checking a CCMC.
+
+    The query is the last token and attends to every position, itself included; the output is
+    ``C X^T softmax(X W_att e_q)`` with no second softmax.  Costs ``O(L d^2)`` per prompt.
+
+    Parameters
+    ----------
+    E, W_att, C : array-like
+        Embeddings ``(K, d)``, attention matrix ``(d, d)`` and head ``(K, d)``.
+    prompts : sequence of 1-D integer sequences
+
+    Returns
+    -------
+    ndarray of shape (n, K)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import CCMC, attention_forward
+    >>> E, W, C = CCMC(np.zeros((2, 2))).to_attention()
+    >>> attention_forward(E, W, C, [[0, 1, 1]]).round(3)
+    array([[0.333, 0.667]])
+    """
+    E = np.asarray(E, dtype=np.float64)
+    W_att = np.asarray(W_att, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    flat, indptr = _flatten_prompts(prompts)
+    if flat.min() < 0 or flat.max() >= E.shape[0]:
+        raise ValueError(f"prompts hold tokens outside 0..{E.shape[0] - 1}, the rows of E.")
+    out = []
+    for a, b in pairwise(indptr):
+        X = E[flat[a:b]]
+        s = softmax(X @ W_att @ X[-1])
+        out.append(C @ (X.T @ s))
+    return np.array(out)

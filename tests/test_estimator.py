@@ -1,0 +1,171 @@
+import warnings
+
+import numpy as np
+import pytest
+from conftest import ccmc_proba_reference, nll_reference
+from scipy.optimize import minimize
+from sklearn.exceptions import ConvergenceWarning
+
+from ccmc_estim import CCMC, CCMCEstimator, IdentifiabilityWarning, make_ccmc_data
+
+
+def _centre(logits, mask):
+    out = np.where(mask, logits, 0.0)
+    out -= np.where(mask, out.sum(0) / np.maximum(mask.sum(0), 1), 0.0)
+    return np.where(mask, out, 0.0)
+
+
+@pytest.mark.parametrize("solver", ["newton", "newton-cg"])
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_optimum_matches_scipy(solver, alpha):
+    X, y, _ = make_ccmc_data(400, 4, (2, 7), random_state=3)
+    weight = np.random.default_rng(0).uniform(0.5, 2, size=len(y))
+    est = CCMCEstimator(alpha=alpha, solver=solver, tol=1e-10).fit(X, y, sample_weight=weight)
+    mask = est.identified_
+
+    def objective(v):
+        W = np.zeros((4, 4))
+        W[mask] = v
+        return nll_reference(W, X, y, weight) + 0.5 * alpha * v @ v
+
+    res = minimize(objective, np.zeros(mask.sum()), method="BFGS", options={"gtol": 1e-9})
+    W = np.zeros((4, 4))
+    W[mask] = res.x
+    np.testing.assert_allclose(est.logits_, _centre(W, mask), atol=2e-5)
+    assert est.objective_ == pytest.approx(res.fun, rel=1e-9)
+    assert est.objective_ <= res.fun + 1e-9
+    np.testing.assert_allclose(est.predict_proba(X), ccmc_proba_reference(est.logits_, X),
+                               atol=1e-13)
+
+
+def test_invariances():
+    truth = np.random.default_rng(4).standard_normal((6, 6))
+    X, y, _ = make_ccmc_data(800, 6, (3, 9), logits=truth, random_state=4)
+    ref = CCMCEstimator(alpha=0.1).fit(X, y)
+    rng = np.random.default_rng(1)
+    Xp = [np.append(rng.permutation(p[:-1]), p[-1]) for p in X]
+    np.testing.assert_array_equal(CCMCEstimator(alpha=0.1).fit(Xp, y).logits_, ref.logits_)
+    # weight 2 == duplicated sample
+    w = np.ones(len(y))
+    w[:100] = 2
+    dup = CCMCEstimator(alpha=0.1).fit(list(X) + list(X[:100]), np.append(y, y[:100]))
+    np.testing.assert_allclose(CCMCEstimator(alpha=0.1).fit(X, y, sample_weight=w).logits_,
+                               dup.logits_, atol=1e-10)
+    # weight 0 == removed sample
+    w0 = np.ones(len(y))
+    w0[:50] = 0
+    np.testing.assert_allclose(CCMCEstimator(alpha=0.1).fit(X, y, sample_weight=w0).logits_,
+                               CCMCEstimator(alpha=0.1, n_tokens=6).fit(X[50:], y[50:]).logits_,
+                               atol=1e-12)
+    # shifting a column of the true logits: same data, same fit
+    shifted = truth + np.arange(6)[None, :] * 3.0
+    X2, y2, _ = make_ccmc_data(800, 6, (3, 9), logits=shifted, random_state=4)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(CCMCEstimator(alpha=0.1).fit(X2, y2).logits_, ref.logits_)
+
+
+@pytest.mark.parametrize("solver", ["newton", "newton-cg"])
+def test_n_jobs_identical(solver):
+    X, y, _ = make_ccmc_data(3000, 12, (3, 15), token_distribution="zipf", random_state=5)
+    a = CCMCEstimator(solver=solver, n_jobs=1).fit(X, y)
+    b = CCMCEstimator(solver=solver, n_jobs=2).fit(X, y)
+    np.testing.assert_array_equal(a.logits_, b.logits_)
+    assert a.objective_ == b.objective_
+
+
+def test_solvers_agree():
+    X, y, _ = make_ccmc_data(3000, 12, (3, 15), random_state=6)
+    a = CCMCEstimator(solver="newton", tol=1e-10).fit(X, y)
+    b = CCMCEstimator(solver="newton-cg", tol=1e-10).fit(X, y)
+    np.testing.assert_allclose(a.logits_, b.logits_, atol=1e-7)
+    assert abs(a.objective_ - b.objective_) <= 1e-10 * a.objective_
+
+
+def test_recovery_error_shrinks():
+    truth = np.random.default_rng(0).standard_normal((8, 8))
+    errors = []
+    for n in (1_000, 10_000, 100_000):
+        X, y, _ = make_ccmc_data(n, 8, (3, 12), logits=truth, random_state=n)
+        est = CCMCEstimator(alpha=1.0).fit(X, y)
+        errors.append(np.mean((est.logits_ - (truth - truth.mean(0))) ** 2))
+    # K^2/n rate: each tenfold increase of n divides the error by about ten.
+    assert errors[1] < errors[0] / 4 and errors[2] < errors[1] / 4, errors
+
+
+def test_warm_start_reaches_same_optimum():
+    X, y, _ = make_ccmc_data(2000, 6, (3, 9), random_state=7)
+    est = CCMCEstimator(warm_start=True, tol=1e-10).fit(X, y)
+    first_iter = est.n_iter_.sum()
+    est.fit(X, y)
+    assert est.n_iter_.sum() < first_iter
+    np.testing.assert_allclose(est.logits_, CCMCEstimator(tol=1e-10).fit(X, y).logits_, atol=1e-9)
+
+
+def test_mle_does_not_exist_warns_and_stays_finite():
+    # Column 0: token 2 is available but never chosen -> its logit goes to -inf at alpha=0.
+    X = [[1, 2, 0], [2, 0], [1, 0], [0, 1, 0]]
+    y = [1, 0, 0, 1]
+    with pytest.warns(IdentifiabilityWarning, match=r"column\(s\) 0 .*tokens \[2\] never chosen"):
+        est = CCMCEstimator(alpha=0).fit(X, y)
+    assert np.isfinite(est.logits_).all()
+    assert est.logits_[2, 0] < est.logits_[1, 0] - 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CCMCEstimator(alpha=1.0).fit(X, y)  # the default penalty: no warning
+
+
+def test_max_iter_warns():
+    X, y, _ = make_ccmc_data(500, 5, 6, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        CCMCEstimator(max_iter=1, tol=1e-12).fit(X, y)
+
+
+def test_output_absent_from_prompt():
+    X = [[0, 1], [1, 2], [2, 0], [0, 0]]
+    with pytest.raises(ValueError, match=r"output 0 of sample 1 .* \(2 sample\(s\)"):
+        CCMCEstimator().fit(X, [1, 0, 0, 1])
+    est = CCMCEstimator().fit(X, [1, 1, 2, 0])
+    with np.errstate(all="raise"):
+        ll = est.score_samples(X, [1, 0, 0, 1])
+        assert est.score(X, [1, 0, 0, 1]) == -np.inf
+    assert np.isneginf(ll[[1, 3]]).all() and np.isfinite(ll[[0, 2]]).all()
+
+
+@pytest.mark.parametrize(
+    "params, err, match",
+    [
+        ({"alpha": -1}, ValueError, "alpha must be >= 0"),
+        ({"alpha": "big"}, TypeError, "alpha must be a finite real"),
+        ({"solver": "foo"}, ValueError, "solver must be one of"),
+        ({"tol": 0}, ValueError, "tol must be > 0"),
+        ({"max_iter": 0}, ValueError, "max_iter must be >= 1"),
+        ({"n_tokens": 0}, ValueError, "n_tokens must be None or a positive"),
+        ({"n_jobs": 0}, ValueError, "n_jobs"),
+    ],
+)
+def test_bad_parameters(params, err, match):
+    with pytest.raises(err, match=match):
+        CCMCEstimator(**params).fit([[0, 1]], [1])
+
+
+def test_bad_data():
+    est = CCMCEstimator(n_tokens=3)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        est.fit([[0, 3]], [0])
+    with pytest.raises(ValueError, match="2 prompts but 1 outputs"):
+        est.fit([[0, 1], [1, 2]], [0])
+    with pytest.raises(ValueError, match="sample_weight must be finite and non-negative; sample 1"):
+        est.fit([[0, 1], [1, 2]], [0, 1], sample_weight=[1, -1])
+    with pytest.raises(ValueError, match="sample_weight has shape"):
+        est.fit([[0, 1], [1, 2]], [0, 1], sample_weight=[1, 1, 1])
+    fitted = CCMCEstimator().fit([[0, 1], [1, 2]], [0, 1])
+    with pytest.raises(ValueError, match="outside the vocabulary 0..2"):
+        fitted.predict([[0, 5]])
+
+
+def test_inferred_vocabulary_and_predict():
+    est = CCMCEstimator().fit([[0, 1], [1, 4, 1]], [0, 4])
+    assert est.n_tokens_ == 5 and est.classes_.tolist() == [0, 1, 2, 3, 4]
+    assert not est.identified_[2].any() and est.identified_[4, 1]
+    assert set(est.predict([[0, 1], [4, 4, 1]]).tolist()) <= {0, 1, 4}
+    assert isinstance(est.model_, CCMC)

@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+
+from ccmc_estim._stats import check_outputs, column_data, prompt_stats
+
+
+def _same(a, b):
+    for f in ("indptr", "tokens", "counts", "query"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert a.n_tokens == b.n_tokens
+
+
+def test_statistics_by_hand():
+    s = prompt_stats([[2, 0, 2, 1], [1, 1], [3]], n_tokens=5)
+    np.testing.assert_array_equal(s.indptr, [0, 3, 4, 5])
+    np.testing.assert_array_equal(s.tokens, [0, 1, 2, 1, 3])
+    np.testing.assert_array_equal(s.counts, [1, 1, 2, 2, 1])
+    np.testing.assert_array_equal(s.query, [1, 1, 3])
+    assert s.tokens.dtype == np.int32 and s.query.dtype == np.int32
+    order, col_ptr = s.by_query
+    np.testing.assert_array_equal(order, [0, 1, 2])
+    np.testing.assert_array_equal(col_ptr, [0, 0, 2, 2, 3, 3])
+
+
+def test_input_forms_agree(rng):
+    arr = rng.integers(0, 7, size=(50, 9))
+    forms = [
+        arr,
+        arr.tolist(),
+        tuple(map(tuple, arr.tolist())),
+        list(arr),
+        np.array([*list(arr), None], dtype=object)[:-1],
+        arr.astype(np.float64),
+        arr.astype(np.int16),
+    ]
+    ref = prompt_stats(arr)
+    for form in forms:
+        _same(ref, prompt_stats(form))
+
+
+def test_ragged_matches_per_prompt(rng):
+    prompts = [rng.integers(0, 6, size=rng.integers(1, 12)) for _ in range(40)]
+    s = prompt_stats(prompts, n_tokens=6)
+    for i, p in enumerate(prompts):
+        toks, cnt = np.unique(p, return_counts=True)
+        seg = slice(s.indptr[i], s.indptr[i + 1])
+        np.testing.assert_array_equal(s.tokens[seg], toks)
+        np.testing.assert_array_equal(s.counts[seg], cnt)
+        assert s.query[i] == p[-1]
+
+
+def test_permuting_non_last_tokens_keeps_statistics(rng):
+    p = rng.integers(0, 9, size=20)
+    q = np.concatenate([rng.permutation(p[:-1]), p[-1:]])
+    _same(prompt_stats([p]), prompt_stats([q]))
+
+
+def test_take_and_column_data(rng):
+    prompts = rng.integers(0, 5, size=(30, 6))
+    outputs = prompts[np.arange(30), rng.integers(0, 6, size=30)]
+    s = prompt_stats(prompts)
+    sub = s.take([3, 1])
+    _same(sub, prompt_stats(prompts[[3, 1]], n_tokens=s.n_tokens))
+    cd = column_data(s, outputs, np.ones(30))
+    # Every prompt of column q has query q, and y_entry points at its output's local index.
+    for q in range(5):
+        for i in range(cd.col_ptr[q], cd.col_ptr[q + 1]):
+            toks = cd.id_tokens[cd.id_ptr[q] + cd.local[cd.indptr[i] : cd.indptr[i + 1]]]
+            assert toks[-1] <= 4 and q in toks
+    mask = np.zeros((5, 5), bool)
+    for p in prompts:
+        mask[p, p[-1]] = True
+    np.testing.assert_array_equal(cd.identified_mask(), mask)
+
+
+@pytest.mark.parametrize(
+    "prompts, match",
+    [
+        ([[0, 1], []], "prompt 1 is empty"),
+        (np.zeros((3, 0), int), "prompt 0 is empty"),
+        ([], "prompts is empty"),
+        ([[0, -1, 2]], "prompt 0 has a negative token -1 at position 1"),
+        ([[0, 1], [2, 1.5]], "non-integer token 1.5"),
+        ([[0, 1], [np.nan, 1]], "non-finite"),
+        ([[0, 1], [2, [3, 4]]], "prompt 1"),
+        (np.zeros((2, 3, 4), int), "3 dimension"),
+        (np.array([1, 2, 3]), "1 dimension"),
+        ([[0, 1], 3], "prompt 1 is a scalar"),
+        ([[0, 1], [[1, 2], [3, 4]]], "prompt 1 must be a flat 1-D"),
+    ],
+)
+def test_bad_prompts(prompts, match):
+    with pytest.raises(ValueError, match=match):
+        prompt_stats(prompts)
+
+
+def test_bad_prompt_types():
+    with pytest.raises(TypeError):
+        prompt_stats("abc")
+    with pytest.raises(TypeError):
+        prompt_stats(5)
+    with pytest.raises(TypeError, match="booleans"):
+        prompt_stats(np.ones((2, 2), bool))
+    with pytest.raises(TypeError, match="dtype"):
+        prompt_stats([["a", "b"]])
+
+
+def test_token_outside_vocabulary():
+    with pytest.raises(ValueError, match="prompt 1 has token 5 at position 0.*n_tokens=5"):
+        prompt_stats([[0, 1], [5, 1]], n_tokens=5)
+
+
+def test_bad_outputs():
+    with pytest.raises(ValueError, match="got 3 prompts but 2 outputs"):
+        check_outputs([0, 1], 3, 4)
+    with pytest.raises(ValueError, match="output 7 of sample 1"):
+        check_outputs([0, 7, 1], 3, 4)
+    with pytest.raises(ValueError, match="non-integer"):
+        check_outputs([0, 1.5, 1], 3, 4)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        check_outputs([0, np.nan, 1], 3, 4)
+    with pytest.raises(ValueError, match="1-D"):
+        check_outputs([[0, 1, 1]], 3, 4)
+    with pytest.raises(ValueError, match="negative|outside"):
+        check_outputs([0, -1, 1], 3, 4)
