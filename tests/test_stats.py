@@ -81,7 +81,7 @@ def test_take_and_column_data(rng):
         ([], "prompts is empty"),
         ([[0, -1, 2]], "prompt 0 has a negative token -1 at position 1"),
         ([[0, 1], [2, 1.5]], "non-integer token 1.5"),
-        ([[0, 1], [np.nan, 1]], "non-finite"),
+        ([[0, 1], [np.nan, 1]], "NaN or infinity"),
         ([[0, 1], [2, [3, 4]]], "prompt 1"),
         (np.zeros((2, 3, 4), int), "3 dimension"),
         (np.array([1, 2, 3]), "1 dimension"),
