@@ -25,7 +25,9 @@ from ._kernels import (
     column_nll_grad,
 )
 
-#: Columns with more identified entries than this use the truncated Newton solver under "auto".
+#: Under "auto", columns with more identified logits than this always use truncated Newton
+#: (a dense Hessian would cost O(n^2) memory and O(n^3) time per iteration); smaller ones use
+#: whichever of the two is cheaper per iteration by an operation count.
 DENSE_MAX = 300
 
 # Status codes of a column solve.
@@ -207,20 +209,26 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
         Per column; ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``.
     """
     K = cd.n_tokens
-    sizes = np.diff(cd.id_ptr)
+    sizes = np.diff(cd.id_ptr).astype(np.float64)
+    nnz = np.diff(cd.indptr[cd.col_ptr]).astype(np.float64)
     if solver == "auto":
-        use_cg = sizes > DENSE_MAX
+        # Work per iteration, in units of one entry visit: a dense Hessian costs a pair visit
+        # per token pair of each prompt plus a factorisation; CG costs about ten
+        # Hessian-vector products of two entry visits each.  Measured on the S and M workloads.
+        d = np.diff(cd.indptr).astype(np.float64)
+        pairs = np.diff(np.concatenate([[0.0], np.cumsum(d * d / 2)])[cd.col_ptr])
+        dense_cost = pairs + 3.0 * sizes**3
+        use_cg = (20.0 * nnz < dense_cost) | (sizes > DENSE_MAX)
     else:
         use_cg = np.full(K, solver == "newton-cg")
-    nnz = np.diff(cd.indptr[cd.col_ptr])
-    cost = nnz + np.where(use_cg, 0, sizes.astype(np.float64) ** 3 / 3)
+    cost = nnz + np.where(use_cg, 0.0, sizes**3 / 3)
     cols = np.flatnonzero(np.diff(cd.col_ptr) > 0)
     objective = np.zeros(K)
     n_iter = np.zeros(K, np.int64)
     status = np.full(K, CONVERGED, np.int64)
     args = (cd.col_ptr, cd.indptr, cd.local, cd.logc, cd.y_entry, cd.weight, cd.id_ptr, theta,
             use_cg, float(alpha), float(tol), int(max_iter), objective, n_iter, status)
-    chunks = _balanced_chunks(cols, cost.astype(np.float64), max(1, min(n_jobs, cols.size)))
+    chunks = _balanced_chunks(cols, cost, max(1, min(n_jobs, cols.size)))
     if len(chunks) <= 1:
         for chunk in chunks:
             _solve_chunk(chunk, *args)
