@@ -226,6 +226,15 @@ def column_hessp(v, indptr, local, weight, prob, out):
 
 
 @njit(**_NOGIL)
+def column_information(theta, indptr, local, logc, y_entry, weight, out):
+    """Observed information (Hessian of the NLL) of one column at ``theta``, into ``out``."""
+    prob = np.empty(local.size)
+    grad = np.empty(theta.size)
+    column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob)
+    column_hessian(indptr, local, weight, prob, out)
+
+
+@njit(**_NOGIL)
 def column_hess_diag(indptr, local, weight, prob, out):
     """Diagonal of the column Hessian (the preconditioner of the truncated Newton solver)."""
     out[:] = 0.0
@@ -234,3 +243,69 @@ def column_hess_diag(indptr, local, weight, prob, out):
         for j in range(indptr[i], indptr[i + 1]):
             p = prob[j]
             out[local[j]] += w * p * (1.0 - p)
+
+
+# --------------------------------------------------------------------------- graphs
+@njit(cache=True)
+def union_find_components(n, src, dst):
+    """Connected-component labels (0, 1, ... in order of first node) of an undirected graph."""
+    parent = np.arange(n)
+    for e in range(src.size):
+        a = src[e]
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        b = dst[e]
+        while parent[b] != b:
+            parent[b] = parent[parent[b]]
+            b = parent[b]
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+    labels = np.empty(n, np.int64)
+    root_label = np.full(n, -1, np.int64)
+    count = 0
+    for v in range(n):
+        r = v
+        while parent[r] != r:
+            r = parent[r]
+        if root_label[r] < 0:
+            root_label[r] = count
+            count += 1
+        labels[v] = root_label[r]
+    return labels
+
+
+@njit(cache=True)
+def reachable(n, src, dst, roots):
+    """Nodes reachable from ``roots`` along the arcs ``src -> dst``."""
+    start = np.zeros(n + 1, np.int64)
+    for e in range(src.size):
+        start[src[e] + 1] += 1
+    for v in range(n):
+        start[v + 1] += start[v]
+    fill = start[:-1].copy()
+    adj = np.empty(src.size, np.int64)
+    for e in range(src.size):
+        adj[fill[src[e]]] = dst[e]
+        fill[src[e]] += 1
+    seen = np.zeros(n, np.bool_)
+    stack = np.empty(n, np.int64)
+    top = 0
+    for r in roots:
+        if not seen[r]:
+            seen[r] = True
+            stack[top] = r
+            top += 1
+    while top > 0:
+        top -= 1
+        v = stack[top]
+        for k in range(start[v], start[v + 1]):
+            w = adj[k]
+            if not seen[w]:
+                seen[w] = True
+                stack[top] = w
+                top += 1
+    return seen

@@ -21,6 +21,7 @@ from ._kernels import (
     column_hess_diag,
     column_hessian,
     column_hessp,
+    column_information,
     column_nll,
     column_nll_grad,
 )
@@ -157,27 +158,24 @@ def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_it
 
 @njit(cache=True, nogil=True)
 def _solve_chunk(cols, col_ptr, indptr, local, logc, y_entry, weight, id_ptr, theta, use_cg,
-                 alpha, tol, max_iter, objective, n_iter, status):
+                 alpha, tol, max_iter, objective, n_iter, status, info_offsets, info):
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
         e0 = indptr[a]
         e1 = indptr[b]
-        f, it, st = solve_column(
-            theta[id_ptr[q] : id_ptr[q + 1]],
-            indptr[a : b + 1] - e0,
-            local[e0:e1],
-            logc[e0:e1],
-            y_entry[a:b] - e0,
-            weight[a:b],
-            alpha,
-            tol,
-            max_iter,
-            use_cg[q],
-        )
+        th = theta[id_ptr[q] : id_ptr[q + 1]]
+        ip = indptr[a : b + 1] - e0
+        f, it, st = solve_column(th, ip, local[e0:e1], logc[e0:e1], y_entry[a:b] - e0,
+                                 weight[a:b], alpha, tol, max_iter, use_cg[q])
         objective[q] = f
         n_iter[q] = it
         status[q] = st
+        o = info_offsets[q]
+        if o >= 0:
+            n = th.size
+            column_information(th, ip, local[e0:e1], logc[e0:e1], y_entry[a:b] - e0,
+                               weight[a:b], info[o : o + n * n].reshape((n, n)))
 
 
 def _balanced_chunks(cols, cost, n_chunks):
@@ -191,7 +189,7 @@ def _balanced_chunks(cols, cost, n_chunks):
     return [np.array(sorted(b), np.int64) for b in bins if b]
 
 
-def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
+def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0):
     """Solve every column of a :class:`~ccmc_estim._stats.ColumnData` in place.
 
     Parameters
@@ -202,11 +200,16 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
+    info_max : int
+        Also compute the observed information (Hessian of the NLL at the solution) of the
+        columns with at most this many identified logits.
 
     Returns
     -------
     objective, n_iter, status : ndarray of shape (K,)
         Per column; ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``.
+    information : list
+        Per column, the ``(n_q, n_q)`` information matrix, or None.
     """
     K = cd.n_tokens
     sizes = np.diff(cd.id_ptr).astype(np.float64)
@@ -226,8 +229,14 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
     objective = np.zeros(K)
     n_iter = np.zeros(K, np.int64)
     status = np.full(K, CONVERGED, np.int64)
+    n_id = np.diff(cd.id_ptr)
+    want = (n_id > 0) & (n_id <= info_max)
+    blocks = np.where(want, n_id**2, 0)
+    info_offsets = np.where(want, np.cumsum(blocks) - blocks, -1)
+    info = np.empty(int(blocks.sum()))
     args = (cd.col_ptr, cd.indptr, cd.local, cd.logc, cd.y_entry, cd.weight, cd.id_ptr, theta,
-            use_cg, float(alpha), float(tol), int(max_iter), objective, n_iter, status)
+            use_cg, float(alpha), float(tol), int(max_iter), objective, n_iter, status,
+            info_offsets, info)
     chunks = _balanced_chunks(cols, cost, max(1, min(n_jobs, cols.size)))
     if len(chunks) <= 1:
         for chunk in chunks:
@@ -235,4 +244,6 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs):
     else:
         with ThreadPoolExecutor(len(chunks)) as pool:
             list(pool.map(lambda c: _solve_chunk(c, *args), chunks))
-    return objective, n_iter, status
+    information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
+                   for o, n in zip(info_offsets, n_id, strict=True)]
+    return objective, n_iter, status, information

@@ -79,6 +79,17 @@ def _flatten_prompts(prompts):
     seqs = list(prompts)
     if not seqs:
         raise ValueError("prompts is empty: at least one prompt is required.")
+    try:  # fast path: flat 1-D numeric prompts; anything else gets the checks below
+        lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+        flat = np.concatenate(seqs)
+        fast = flat.ndim == 1 and flat.size == lengths.sum() and flat.dtype.kind in "iuf"
+    except (TypeError, ValueError):
+        fast = False
+    if fast and lengths.min() > 0:
+        indptr = np.zeros(len(seqs) + 1, np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        if flat.dtype.kind in "iu":
+            return flat.astype(np.int64, copy=False), indptr
     parts = []
     for i, p in enumerate(seqs):
         if not isinstance(p, np.ndarray):
@@ -324,12 +335,14 @@ class ColumnData:
         return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
 
 
-def column_data(stats, outputs, weight):
-    """Group prompts with positive weight by query and index each column's identified tokens."""
-    entries = check_outputs_in_prompts(stats, outputs)
-    keep = weight > 0
+def column_data(stats, outputs=None, weight=None):
+    """Group prompts with positive weight by query and index each column's identified tokens.
+
+    Without ``outputs`` the result describes the prompts only (``y_entry`` is None).
+    """
+    weight = np.ones(stats.n_prompts) if weight is None else weight
     order, _ = stats.by_query
-    order = order[keep[order]]
+    order = order[weight[order] > 0]
     sub = stats.take(order)
     K = stats.n_tokens
     col_ptr = np.zeros(K + 1, np.int64)
@@ -343,7 +356,10 @@ def column_data(stats, outputs, weight):
     id_ptr = np.zeros(K + 1, np.int64)
     np.cumsum(mask.sum(axis=0), out=id_ptr[1:])
     _, id_tokens = np.nonzero(mask.T)
-    y_entry = entries[order] - stats.indptr[order] + sub.indptr[:-1]
+    y_entry = None
+    if outputs is not None:
+        entries = check_outputs_in_prompts(stats, outputs)
+        y_entry = entries[order] - stats.indptr[order] + sub.indptr[:-1]
     return ColumnData(
         n_tokens=K,
         col_ptr=col_ptr,

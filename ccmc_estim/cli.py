@@ -45,9 +45,21 @@ def demo(n_tokens=8, n_prompts=20_000, seed=0, out=sys.stdout):
     say(f"   mean log-likelihood: fitted {est.score(prompts, outputs):.4f}, "
         f"true {model.log_likelihood(prompts, outputs).mean():.4f}")
 
-    # 3. The base chain.
+    # 3. What the data identify, and how precisely.
+    say("\n3. identifiability and uncertainty")
+    report = est.identifiability_
+    say("   " + report.summary(max_rows=3).replace("\n", "\n   "))
+    lo, hi = est.confidence_intervals(0.95)
+    inside = (lo <= truth) & (truth <= hi)
+    say(f"   95% intervals of the centred logits cover the truth for "
+        f"{inside[est.identified_].mean():.0%} of entries; median standard error "
+        f"{np.nanmedian(est.logits_se_):.3f}")
+    say(f"   log-likelihood {est.log_likelihood_:.1f}, AIC {est.aic_:.1f}, BIC {est.bic_:.1f} "
+        f"({est.n_free_params_} free parameters)")
+
+    # 4. The base chain.
     pi = model.stationary_distribution()
-    say("\n3. base Markov chain of the true model")
+    say("\n4. base Markov chain of the true model")
     say("   stationary distribution: " + " ".join(f"{p:.3f}" for p in pi))
     return est
 

@@ -11,14 +11,20 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from ._solvers import MAX_ITER, solve_columns
+from ._solvers import DENSE_MAX, MAX_ITER, solve_columns
 from ._stats import (
     check_outputs,
     check_sample_weight,
     column_data,
     prompt_stats,
 )
-from .diagnostics import IdentifiabilityWarning, mle_existence
+from .diagnostics import (
+    IdentifiabilityWarning,
+    _report_from_columns,
+    centred_covariance,
+    normal_quantile,
+    softmax_jacobian,
+)
 from .model import CCMC
 
 _SOLVERS = ("auto", "newton", "newton-cg")
@@ -84,6 +90,22 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         Newton iterations per column.
     objective_ : float
         Penalised objective at the solution.
+    log_likelihood_ : float
+        Weighted log-likelihood of the training data at the solution (penalty excluded).
+    n_free_params_ : int
+        Effective number of parameters: identified logits minus one shift per column
+        (per connected component of its co-occurrence graph).
+    aic_, bic_ : float
+        ``2 k - 2 LL`` and ``k log(n) - 2 LL`` with ``k = n_free_params_`` and ``n`` the total
+        sample weight.  Exact information criteria for ``alpha=0``; for ``alpha > 0`` they
+        ignore the shrinkage.
+    identifiability_ : IdentifiabilityReport
+        What the training data identify, and where the plain MLE exists (its ``dominant``
+        groups are computed only when ``alpha=0``; ``identifiability_report`` always does).
+    logits_se_ : ndarray of shape (K, K)
+        Standard errors of the centred logits (computed on first access).
+    information_min_eig_ : ndarray of shape (K,)
+        Smallest non-zero eigenvalue of each column's observed information.
 
     Examples
     --------
@@ -194,7 +216,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             theta = cd.from_matrix(self.logits_)
         else:
             theta = np.zeros(cd.n_params)
-        objective, n_iter, status = solve_columns(
+        objective, n_iter, status, self._information = solve_columns(
             cd,
             theta,
             alpha=self.alpha,
@@ -202,8 +224,13 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             solver=self.solver,
             n_jobs=effective_n_jobs(self.n_jobs),
+            info_max=DENSE_MAX,
         )
-        self._check_solution(cd, status)
+        # Sink components (always-winning groups) only matter for the alpha=0 warning.
+        report = _report_from_columns(cd, with_outputs=True, dominant=self.alpha == 0)
+        self._check_solution(report, status)
+        self._uncertainty_cache = None
+        penalty = 0.5 * self.alpha * float(theta @ theta)
         # Centre each column over its identified entries (the reported gauge).
         sizes = np.diff(cd.id_ptr)
         means = np.add.reduceat(theta, cd.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
@@ -215,6 +242,12 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         self.n_tokens_ = K
         self.n_iter_ = n_iter
         self.objective_ = float(objective.sum())
+        self.identifiability_ = report
+        self.log_likelihood_ = -(self.objective_ - penalty)
+        self.n_free_params_ = report.n_free_params
+        n_obs = float(weight.sum())
+        self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
+        self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
         if self.verbose:
             print(
                 f"CCMCEstimator: {stats.n_prompts} prompts, {int((sizes > 0).sum())} columns, "
@@ -223,7 +256,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             )
         return self
 
-    def _check_solution(self, cd, status):
+    def _check_solution(self, report, status):
         bad = np.flatnonzero(status == MAX_ITER)
         if bad.size:
             warnings.warn(
@@ -232,25 +265,107 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        if self.alpha == 0:
-            exists, never_chosen = mle_existence(cd)
-            queried = np.diff(cd.col_ptr) > 0
-            missing = np.flatnonzero(queried & ~exists)
-            if missing.size:
-                detail = "; ".join(
-                    f"column {q}: tokens {never_chosen[q].tolist()} never chosen"
-                    for q in missing[:5]
-                    if q in never_chosen
-                )
-                warnings.warn(
-                    "with alpha=0 the maximum-likelihood estimate does not exist (some logits "
-                    f"go to -inf or +inf) in column(s) {_list_columns(missing)}"
-                    + (f" ({detail})" if detail else "")
-                    + ". The returned logits there are finite only because the solver stopped "
-                    "at tol; use alpha > 0 for a well-defined estimate.",
-                    IdentifiabilityWarning,
-                    stacklevel=3,
-                )
+        if self.alpha > 0:
+            return
+        split = np.flatnonzero(report.n_components > 1)
+        if split.size:
+            warnings.warn(
+                f"with alpha=0 column(s) {_list_columns(split)} are identified only up to one "
+                "shift per connected component of their co-occurrence graph; use alpha > 0.",
+                IdentifiabilityWarning,
+                stacklevel=3,
+            )
+        missing = np.flatnonzero(report.queried & ~report.mle_exists)
+        if missing.size:
+            detail = "; ".join(
+                f"column {q}: tokens {report.never_chosen[q].tolist()} never chosen"
+                for q in missing[:5]
+                if q in report.never_chosen
+            )
+            warnings.warn(
+                "with alpha=0 the maximum-likelihood estimate does not exist (some logits "
+                f"go to -inf or +inf) in column(s) {_list_columns(missing)}"
+                + (f" ({detail})" if detail else "")
+                + ". The returned logits there are finite only because the solver stopped "
+                "at tol; use alpha > 0 for a well-defined estimate.",
+                IdentifiabilityWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ uncertainty
+    def _uncertainty(self):
+        check_is_fitted(self, "model_")
+        if self._uncertainty_cache is None:
+            K = self.n_tokens_
+            se = np.full((K, K), np.nan)
+            min_eig = np.full(K, np.nan)
+            cov = [None] * K
+            for q, info in enumerate(self._information):
+                if info is None:
+                    continue
+                cov[q], min_eig[q] = centred_covariance(info, self.alpha)
+                se[self.identified_[:, q], q] = np.sqrt(np.clip(np.diag(cov[q]), 0, None))
+            self._uncertainty_cache = (se, min_eig, cov)
+        return self._uncertainty_cache
+
+    @property
+    def logits_se_(self):
+        """Standard errors of the centred logits, ``(K, K)``; NaN where not identified.
+
+        From the observed information of each column on its identified subspace: its
+        pseudo-inverse when ``alpha=0`` (asymptotic standard errors of the MLE); with
+        ``alpha > 0`` the inverse of information + ``alpha I``, i.e. posterior standard
+        deviations of the Laplace approximation under the N(0, 1/alpha) prior that the penalty
+        encodes (close to the frequentist ones once the information dwarfs ``alpha``).  Columns
+        with more than 300 identified logits are not computed (NaN).
+        """
+        return self._uncertainty()[0]
+
+    @property
+    def information_min_eig_(self):
+        """Smallest non-zero eigenvalue of each column's observed information, ``(K,)``.
+
+        A conditioning measure: how well the worst-determined direction of the column is pinned
+        down (NaN for columns never queried or not computed).
+        """
+        return self._uncertainty()[1]
+
+    def confidence_intervals(self, level=0.95, kind="logits"):
+        """Normal-approximation intervals for the centred logits or the base-chain transitions.
+
+        Parameters
+        ----------
+        level : float
+            Coverage, strictly between 0 and 1.
+        kind : {"logits", "transition"}
+            ``"logits"``: intervals for ``logits_[k, q]``.  ``"transition"``: intervals for
+            ``model_.transition_matrix[q, k]`` by the delta method through the softmax of
+            column ``q``.  See ``logits_se_`` for their meaning when ``alpha > 0``.
+
+        Returns
+        -------
+        lower, upper : ndarray of shape (K, K)
+            NaN where not identified.
+        """
+        z = normal_quantile(level)
+        se, _, cov = self._uncertainty()
+        if kind == "logits":
+            return self.logits_ - z * se, self.logits_ + z * se
+        if kind != "transition":
+            raise ValueError(f"kind must be 'logits' or 'transition', got {kind!r}.")
+        K = self.n_tokens_
+        lower = np.full((K, K), np.nan)
+        upper = np.full((K, K), np.nan)
+        for q in range(K):
+            if cov[q] is None:
+                continue
+            idx = np.flatnonzero(self.identified_[:, q])
+            jac, p = softmax_jacobian(self.logits_[:, q])
+            sd = np.sqrt(np.clip(np.einsum("ki,ij,kj->k", jac[:, idx], cov[q], jac[:, idx]),
+                                 0, None))
+            lower[q] = p - z * sd
+            upper[q] = p + z * sd
+        return np.clip(lower, 0, 1), np.clip(upper, 0, 1)
 
     # ------------------------------------------------------------------ prediction
     def _model(self):
