@@ -10,6 +10,17 @@ from .diagnostics import (
     identifiability_report,
 )
 from .estimator import CCMCEstimator
+from .generation import (
+    CollapseProfile,
+    TrajectoryLearning,
+    WinnerAnalysis,
+    collapse_profile,
+    generate,
+    generate_batch,
+    learn_from_trajectory,
+    trajectory_pairs,
+    winner_analysis,
+)
 from .model import CCMC, attention_forward
 
 __version__ = "0.1.0"
@@ -17,13 +28,22 @@ __version__ = "0.1.0"
 __all__ = [
     "CCMC",
     "CCMCEstimator",
+    "CollapseProfile",
     "IdentifiabilityReport",
     "IdentifiabilityWarning",
     "ModelComparison",
+    "TrajectoryLearning",
     "Vocabulary",
+    "WinnerAnalysis",
     "attention_forward",
+    "collapse_profile",
     "compare_models",
+    "generate",
+    "generate_batch",
     "identifiability_report",
+    "learn_from_trajectory",
     "make_ccmc_data",
     "prompts_from_sequences",
+    "trajectory_pairs",
+    "winner_analysis",
 ]

@@ -309,3 +309,104 @@ def reachable(n, src, dst, roots):
                 stack[top] = w
                 top += 1
     return seen
+
+
+# --------------------------------------------------------------------------- generation
+@njit(cache=True)
+def generate_tokens(logits, support, context, window, u, out):
+    """Autoregressive CCMC generation with incremental counts.
+
+    ``support`` holds the prompt's distinct tokens (the only ones that can ever appear),
+    ``context`` the prompt, ``window`` the context length (0: the context grows), ``u`` one
+    uniform per step; the generated tokens go to ``out``.
+    """
+    K = logits.shape[0]
+    # exp of column-centred logits: no overflow, and one multiplication per token per step.
+    expw = np.empty((K, K))
+    for q in range(K):
+        mx = logits[:, q].max()
+        for k in range(K):
+            expw[k, q] = np.exp(logits[k, q] - mx)
+    L = context.size
+    keep = L if window == 0 or window > L else window
+    m = np.zeros(K)
+    ring = np.empty(max(window, 1), np.int64)
+    for i in range(L - keep, L):
+        m[context[i]] += 1.0
+        if window > 0:
+            ring[i - (L - keep)] = context[i]
+    ring_len = keep
+    head = 0
+    S = support.size
+    w = np.empty(S)
+    q = context[L - 1]
+    for t in range(u.size):
+        tot = 0.0
+        for s in range(S):
+            k = support[s]
+            v = m[k] * expw[k, q]
+            w[s] = v
+            tot += v
+        if tot < 1e-250:  # every present token underflowed: redo this step in log space
+            mx = -np.inf
+            for s in range(S):
+                k = support[s]
+                if m[k] > 0:
+                    mx = max(mx, logits[k, q] + np.log(m[k]))
+            tot = 0.0
+            for s in range(S):
+                k = support[s]
+                w[s] = np.exp(logits[k, q] + np.log(m[k]) - mx) if m[k] > 0 else 0.0
+                tot += w[s]
+        thr = u[t] * tot
+        c = 0.0
+        pick = -1
+        for s in range(S):
+            if w[s] > 0:
+                pick = s  # the last positive one, should rounding leave thr >= c
+                c += w[s]
+                if thr < c:
+                    break
+        y = support[pick]
+        out[t] = y
+        m[y] += 1.0
+        if window > 0:
+            if ring_len == window:
+                m[ring[head]] -= 1.0
+                ring[head] = y
+                head = (head + 1) % window
+            else:
+                ring[(head + ring_len) % window] = y
+                ring_len += 1
+        q = y
+
+
+@njit(cache=True)
+def prefix_counts(seq, start, support, window):
+    """Statistics of the contexts ``seq[lo_t:t]`` for ``t = start .. len(seq) - 1``, where
+    ``lo_t = 0`` (``window == 0``) or ``max(0, t - window)``; each context's next token is
+    ``seq[t]``.  ``support`` (sorted) must hold every token of ``seq``."""
+    n = seq.size - start
+    K = support.max() + 1
+    m = np.zeros(K)
+    lo = 0 if window == 0 else max(0, start - window)
+    for i in range(lo, start):
+        m[seq[i]] += 1.0
+    indptr = np.zeros(n + 1, np.int64)
+    tokens = np.empty(n * support.size, np.int32)
+    counts = np.empty(n * support.size)
+    query = np.empty(n, np.int32)
+    pos = 0
+    for i in range(n):
+        t = start + i
+        for k in support:
+            if m[k] > 0:
+                tokens[pos] = k
+                counts[pos] = m[k]
+                pos += 1
+        indptr[i + 1] = pos
+        query[i] = seq[t - 1]
+        m[seq[t]] += 1.0
+        if window > 0 and t - window >= 0:
+            m[seq[t - window]] -= 1.0
+    return indptr, tokens[:pos].copy(), counts[:pos].copy(), query

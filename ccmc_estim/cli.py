@@ -6,7 +6,15 @@ import time
 
 import numpy as np
 
-from . import CCMC, CCMCEstimator, attention_forward, make_ccmc_data
+from . import (
+    CCMC,
+    CCMCEstimator,
+    attention_forward,
+    collapse_profile,
+    generate,
+    make_ccmc_data,
+    winner_analysis,
+)
 
 
 def demo(n_tokens=8, n_prompts=20_000, seed=0, out=sys.stdout):
@@ -61,6 +69,17 @@ def demo(n_tokens=8, n_prompts=20_000, seed=0, out=sys.stdout):
     pi = model.stationary_distribution()
     say("\n4. base Markov chain of the true model")
     say("   stationary distribution: " + " ".join(f"{p:.3f}" for p in pi))
+
+    # 5. Generation from one prompt collapses onto a few winners.
+    prompt = rng.integers(0, n_tokens, size=12)
+    t0 = time.perf_counter()
+    traj = generate(model, prompt, 100_000, random_state=seed)
+    elapsed = time.perf_counter() - t0
+    say("\n5. generation from one prompt " + str(prompt.tolist()))
+    say(f"   100,000 tokens in {elapsed:.3f} s; first 30: {traj[:30].tolist()}")
+    say("   " + winner_analysis(model, prompt).summary().replace("\n", "\n   "))
+    profile = collapse_profile(traj, prompt, n_points=8)
+    say("   " + profile.summary().replace("\n", "\n   "))
     return est
 
 

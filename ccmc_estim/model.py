@@ -10,6 +10,18 @@ from . import _kernels
 from ._stats import _flatten_prompts, check_outputs, prompt_stats
 
 
+def stationary(P):
+    """Stationary distribution of a row-stochastic matrix with a single recurrent class."""
+    K = P.shape[0]
+    # pi (P - I) = 0 with one equation swapped for sum(pi) = 1: nonsingular for one class.
+    A = P.T - np.eye(K)
+    A[-1] = 1.0
+    rhs = np.zeros(K)
+    rhs[-1] = 1.0
+    pi = np.clip(np.linalg.solve(A, rhs), 0.0, None)
+    return pi / pi.sum()
+
+
 def _check_logits(logits):
     logits = np.array(logits, dtype=np.float64)  # a private copy: the model is immutable
     if logits.ndim != 2 or logits.shape[0] != logits.shape[1] or logits.shape[0] == 0:
@@ -143,14 +155,7 @@ class CCMC:
 
         The base chain has strictly positive transitions, so ``pi`` is unique.
         """
-        P = self.transition_matrix
-        K = self.n_tokens
-        A = np.vstack([P.T - np.eye(K), np.ones((1, K))])
-        rhs = np.zeros(K + 1)
-        rhs[-1] = 1.0
-        pi = np.linalg.lstsq(A, rhs, rcond=None)[0]
-        pi = np.clip(pi, 0.0, None)
-        return pi / pi.sum()
+        return stationary(self.transition_matrix)
 
     # ------------------------------------------------------------------ attention
     @classmethod

@@ -1,0 +1,533 @@
+"""Generation from one prompt and its winner-takes-all collapse (THEORY.md section 6)."""
+
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from . import _kernels
+from ._stats import PromptStats, _flatten_prompts, check_n_tokens
+from .model import CCMC, stationary
+
+
+def _check_model(model):
+    if not isinstance(model, CCMC):
+        raise TypeError(f"model must be a CCMC, got {type(model).__name__}.")
+    return model
+
+
+def _check_prompt(prompt, n_tokens, what="prompt"):
+    """A single prompt as an int64 array of tokens of the model."""
+    if isinstance(prompt, (str, bytes)) or np.isscalar(prompt):
+        raise TypeError(f"{what} must be a 1-D sequence of token ids, got {prompt!r}.")
+    arr = np.asarray(prompt)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be 1-D, got shape {arr.shape}.")
+    if arr.size == 0:
+        raise ValueError(f"{what} is empty: generation needs at least one token.")
+    flat, _ = _flatten_prompts([arr])
+    bad = np.flatnonzero((flat < 0) | (flat >= n_tokens))
+    if bad.size:
+        raise ValueError(
+            f"{what} has token {flat[bad[0]]} at position {bad[0]}, outside the model's "
+            f"vocabulary 0..{n_tokens - 1}."
+        )
+    return flat
+
+
+def _check_steps(n_steps):
+    if isinstance(n_steps, bool) or not isinstance(n_steps, Integral):
+        raise TypeError(f"n_steps must be an integer, got {n_steps!r}.")
+    if n_steps < 0:
+        raise ValueError(f"n_steps must be >= 0, got {n_steps}.")
+    return int(n_steps)
+
+
+def _check_window(window):
+    if window is None:
+        return 0
+    if isinstance(window, bool) or not isinstance(window, Integral) or window < 1:
+        raise ValueError(f"window must be None or a positive integer, got {window!r}.")
+    return int(window)
+
+
+def generate(model, prompt, n_steps, *, window=None, random_state=None):
+    """Generate ``n_steps`` tokens autoregressively from one prompt.
+
+    Each step draws the next token from the CCMC of the current context, appends it and makes it
+    the next query.  Compiled, with the token counts updated incrementally: a step costs
+    ``O(number of distinct prompt tokens)``.
+
+    Parameters
+    ----------
+    model : CCMC
+    prompt : 1-D sequence of int
+    n_steps : int
+    window : int or None
+        None: the context grows (the prompt plus everything generated).  An integer ``L``: the
+        context is the last ``L`` tokens (a sliding window; shorter prompts grow up to ``L``).
+    random_state : int, Generator, RandomState or None
+
+    Returns
+    -------
+    ndarray of int64, shape (n_steps,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import CCMC, generate
+    >>> model = CCMC(np.array([[3.0, 0.0], [0.0, 0.0]]))   # token 0 dominates itself
+    >>> tokens = generate(model, [0, 1, 0], 1000, random_state=0)
+    >>> float(np.mean(tokens[-100:] == 0)) > 0.9
+    True
+    """
+    model = _check_model(model)
+    prompt = _check_prompt(prompt, model.n_tokens)
+    n_steps = _check_steps(n_steps)
+    window = _check_window(window)
+    u = check_random_state(random_state).random_sample(n_steps)
+    out = np.empty(n_steps, np.int64)
+    _kernels.generate_tokens(model.logits, np.unique(prompt), prompt, window, u, out)
+    return out
+
+
+def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
+    """Generate many independent trajectories, one per prompt.
+
+    Parameters
+    ----------
+    model : CCMC
+    prompts : array-like of shape (n, L) or sequence of 1-D sequences
+        One prompt per trajectory (repeat a prompt to draw several trajectories from it).
+    n_steps, window, random_state
+        As in :func:`generate`.
+
+    Returns
+    -------
+    ndarray of int64, shape (n, n_steps)
+    """
+    model = _check_model(model)
+    flat, indptr = _flatten_prompts(prompts)
+    n_steps = _check_steps(n_steps)
+    window = _check_window(window)
+    u = check_random_state(random_state).random_sample((indptr.size - 1, n_steps))
+    out = np.empty((indptr.size - 1, n_steps), np.int64)
+    for i in range(indptr.size - 1):
+        p = _check_prompt(flat[indptr[i] : indptr[i + 1]], model.n_tokens, f"prompt {i}")
+        _kernels.generate_tokens(model.logits, np.unique(p), p, window, u[i], out[i])
+    return out
+
+
+# --------------------------------------------------------------------------- winners
+def _mean_field_drift(expw, x):
+    """``pi(x) - x``: shares ``x`` on the support move towards the stationary distribution of
+    the chain whose transitions are the CCMC at context shares ``x``.  ``expw[k, q]`` is
+    ``exp(logits[k, q])`` on the support, columns scaled to a maximum of one."""
+    w = x[:, None] * expw
+    T = (w / w.sum(axis=0)).T  # row q: next-token distribution when the query is q
+    return stationary(T) - x
+
+
+def _integrate(expw, x, tol=1e-10, max_steps=3_000, h=0.5):
+    """Euler steps of the mean-field flow until the drift vanishes (a fixed point)."""
+    for _ in range(max_steps):
+        d = _mean_field_drift(expw, x)
+        if np.abs(d).max() < tol:
+            break
+        x = np.clip(x + h * d, 0.0, None)
+        x /= x.sum()
+    return x
+
+
+def _is_stable(expw, x, eps=1e-7):
+    """Linear stability of a fixed point on the simplex (all directions, faces included)."""
+    n = x.size
+    J = np.empty((n, n))
+    d0 = _mean_field_drift(expw, x)
+    for j in range(n):
+        xp = x.copy()
+        xp[j] += eps
+        J[:, j] = (_mean_field_drift(expw, xp / xp.sum()) - d0) / eps
+    basis = np.linalg.qr(np.eye(n)[:, :-1] - 1.0 / n)[0]  # tangent space of the simplex
+    return bool(np.linalg.eigvals(basis.T @ J @ basis).real.max() < 0)
+
+
+@dataclass(eq=False)
+class WinnerAnalysis:
+    """Predicted long-run behaviour of generation from one prompt (:func:`winner_analysis`).
+
+    Attributes
+    ----------
+    support : ndarray of int
+        Distinct tokens of the prompt: the only ones generation can ever produce.
+    initial_shares : ndarray
+        Token shares of the prompt, over ``support``.
+    single_winners : ndarray of int
+        Self-dominant tokens ``k`` (``logits[k, k] > logits[j, k]`` for every other support
+        token ``j``): the vertices of the simplex that are stable.
+    predicted_limit : ndarray
+        Shares over ``support`` where the mean-field dynamics started from the prompt's
+        shares settle.
+    predicted_winners : ndarray of int
+        Tokens holding more than ``threshold`` of ``predicted_limit``.
+    stable_limits : list of ndarray
+        Distinct stable limits reached from the prompt's shares and from random starts.
+    """
+
+    support: np.ndarray
+    initial_shares: np.ndarray
+    single_winners: np.ndarray
+    predicted_limit: np.ndarray
+    predicted_winners: np.ndarray
+    stable_limits: list
+    threshold: float
+
+    def summary(self):
+        def fmt(x):
+            keep = x > self.threshold
+            return ", ".join(f"{t}: {s:.2f}" for t, s in zip(self.support[keep], x[keep],
+                                                            strict=True))
+
+        lines = [
+            f"Winner analysis over {self.support.size} prompt tokens "
+            f"{self.support.tolist()}",
+            f"  self-dominant (stable single winners): {self.single_winners.tolist() or 'none'}",
+            f"  from the prompt's shares the context settles on: {{{fmt(self.predicted_limit)}}}",
+            f"  stable limits found: {len(self.stable_limits)}",
+        ]
+        lines += [f"    {{{fmt(x)}}}" for x in self.stable_limits]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+def winner_analysis(model, prompt, *, n_starts=10, threshold=1e-3, random_state=0):
+    """Which tokens take over when generating from ``prompt`` with a growing context.
+
+    A token ``k`` of the prompt is a stable single winner iff it is self-dominant,
+    ``logits[k, k] > logits[j, k]`` for every other prompt token ``j``.  Beyond single winners
+    the function integrates the mean-field dynamics of the context shares ``x``,
+    ``dx/ds = pi(x) - x`` (``s`` is log-time; ``pi(x)`` is the stationary distribution of the
+    query chain at shares ``x``), from the prompt's shares and from ``n_starts`` random ones,
+    and keeps the linearly stable limits.
+
+    Parameters
+    ----------
+    model : CCMC
+    prompt : 1-D sequence of int
+    n_starts : int
+        Random starting shares, to find other stable limits.
+    threshold : float
+        Share above which a token counts as part of a limit.
+    random_state : int, Generator, RandomState or None
+
+    Returns
+    -------
+    WinnerAnalysis
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import CCMC, winner_analysis
+    >>> W = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    >>> winner_analysis(CCMC(W), [0, 1, 2, 0]).single_winners.tolist()
+    [0]
+    """
+    model = _check_model(model)
+    prompt = _check_prompt(prompt, model.n_tokens)
+    support, counts = np.unique(prompt, return_counts=True)
+    L = model.logits
+    sub = L[np.ix_(support, support)]
+    # Column k: k must beat every rival j of the prompt, logits[k, k] > logits[j, k].
+    rivals = np.where(np.eye(support.size, dtype=bool), -np.inf, sub)
+    single = support[np.diag(sub) > rivals.max(axis=0)]
+    x0 = counts / counts.sum()
+    expw = np.exp(sub - sub.max(axis=0))
+    limit = _integrate(expw, x0)
+    rng = check_random_state(random_state)
+    found = []
+    for start in [x0, *rng.dirichlet(np.ones(support.size), size=n_starts)]:
+        x = limit if start is x0 else _integrate(expw, start)
+        if not _is_stable(expw, x):
+            continue
+        if all(np.abs(x - y).max() > 1e-4 for y in found):
+            found.append(x)
+    return WinnerAnalysis(
+        support=support.astype(np.int64),
+        initial_shares=x0,
+        single_winners=single.astype(np.int64),
+        predicted_limit=limit,
+        predicted_winners=support[limit > threshold].astype(np.int64),
+        stable_limits=found,
+        threshold=threshold,
+    )
+
+
+# --------------------------------------------------------------------------- collapse
+@dataclass(eq=False)
+class CollapseProfile:
+    """Collapse metrics of a trajectory on a grid of steps (:func:`collapse_profile`).
+
+    Attributes
+    ----------
+    steps : ndarray of int
+        Number of generated tokens at each grid point.
+    leading_share : ndarray
+        Share of the most frequent token in the context (prompt plus generated tokens).
+    leading_token : ndarray of int
+    entropy : ndarray
+        Entropy (nats) of the context's token histogram.
+    distinct_in_window : ndarray of int
+        Distinct tokens among the last ``window`` generated tokens.
+    repetition_rate : ndarray
+        Share of repeated ``ngram``-grams among the last ``window`` generated tokens:
+        ``1 - distinct n-grams / n-grams``.
+    """
+
+    steps: np.ndarray
+    leading_share: np.ndarray
+    leading_token: np.ndarray
+    entropy: np.ndarray
+    distinct_in_window: np.ndarray
+    repetition_rate: np.ndarray
+    window: int
+    ngram: int
+
+    def summary(self, rows=8):
+        idx = np.unique(np.linspace(0, self.steps.size - 1, min(rows, self.steps.size)).astype(int))
+        lines = [f"{'step':>9} {'leader':>6} {'share':>6} {'entropy':>7} "
+                 f"{'distinct':>8} {f'rep-{self.ngram}':>6}"]
+        for i in idx:
+            lines.append(
+                f"{self.steps[i]:>9} {self.leading_token[i]:>6} {self.leading_share[i]:>6.3f} "
+                f"{self.entropy[i]:>7.3f} {self.distinct_in_window[i]:>8} "
+                f"{self.repetition_rate[i]:>6.3f}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngram=4,
+                     n_points=50):
+    """Measure how a generated trajectory collapses onto a few repeated tokens.
+
+    Parameters
+    ----------
+    trajectory : 1-D sequence of int
+        Generated tokens.
+    prompt : 1-D sequence of int or None
+        The prompt, counted in the context histogram.
+    n_tokens : int or None
+        Vocabulary size (inferred when None).
+    window : int
+        Length of the recent window for distinct tokens and repetition.
+    ngram : int
+        n of the repetition rate.
+    n_points : int
+        Size of the log-spaced grid of steps (all steps when it exceeds the length).
+
+    Returns
+    -------
+    CollapseProfile
+
+    Examples
+    --------
+    >>> from ccmc_estim import collapse_profile
+    >>> prof = collapse_profile([1, 2, 1, 1, 1, 1, 1, 1], prompt=[2, 1], window=4, ngram=2)
+    >>> float(prof.leading_share[-1]), int(prof.distinct_in_window[-1])
+    (0.8, 1)
+    """
+    traj = _check_prompt(trajectory, np.iinfo(np.int64).max, "trajectory")
+    base = (np.zeros(0, np.int64) if prompt is None
+            else _check_prompt(prompt, np.iinfo(np.int64).max))
+    K = int(max(traj.max(), base.max() if base.size else 0)) + 1
+    if n_tokens is not None:
+        K = check_n_tokens(n_tokens)
+        if max(traj.max(), base.max() if base.size else 0) >= K:
+            raise ValueError(f"trajectory or prompt hold tokens outside 0..{K - 1}.")
+    for name, v in (("window", window), ("ngram", ngram), ("n_points", n_points)):
+        if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    N = traj.size
+    if n_points >= N:
+        steps = np.arange(1, N + 1)
+    else:
+        steps = np.unique(np.geomspace(1, N, num=n_points).round().astype(np.int64))
+    counts = np.bincount(base, minlength=K).astype(np.float64)
+    lead_share = np.empty(steps.size)
+    lead_tok = np.empty(steps.size, np.int64)
+    entropy = np.empty(steps.size)
+    distinct = np.empty(steps.size, np.int64)
+    rep = np.empty(steps.size)
+    prev = 0
+    for i, t in enumerate(steps):
+        counts += np.bincount(traj[prev:t], minlength=K)
+        prev = t
+        p = counts / counts.sum()
+        lead_tok[i] = np.argmax(p)
+        lead_share[i] = p[lead_tok[i]]
+        nz = p[p > 0]
+        entropy[i] = float(-(nz * np.log(nz)).sum())
+        recent = traj[max(0, t - window) : t]
+        distinct[i] = np.unique(recent).size
+        if recent.size >= ngram:
+            grams = np.lib.stride_tricks.sliding_window_view(recent, ngram)
+            rep[i] = 1.0 - np.unique(grams, axis=0).shape[0] / grams.shape[0]
+        else:
+            rep[i] = 0.0
+    return CollapseProfile(steps, lead_share, lead_tok, entropy, distinct, rep, window, ngram)
+
+
+# --------------------------------------------------------------------------- one trajectory
+def trajectory_pairs(prompt, trajectory, *, window=None):
+    """Training pairs from one trajectory: each context and the token that followed it.
+
+    Parameters
+    ----------
+    prompt : 1-D sequence of int
+    trajectory : 1-D sequence of int
+        Tokens generated from ``prompt``.
+    window : int or None
+        None: every prefix (prompt plus the tokens so far) is a context, as in growing-context
+        generation.  An integer: the last ``window`` tokens, as in sliding-window generation.
+
+    Returns
+    -------
+    prompts : list of ndarray
+        Read-only views of one array (no copy per context).
+    outputs : ndarray of int64
+
+    Examples
+    --------
+    >>> from ccmc_estim import trajectory_pairs
+    >>> X, y = trajectory_pairs([0, 1], [1, 0])
+    >>> [x.tolist() for x in X], y.tolist()
+    ([[0, 1], [0, 1, 1]], [1, 0])
+    """
+    base = _check_prompt(prompt, np.iinfo(np.int64).max)
+    traj = _check_prompt(trajectory, np.iinfo(np.int64).max, "trajectory")
+    window = _check_window(window)
+    seq = np.concatenate([base, traj])
+    seq.setflags(write=False)
+    start = base.size
+    ends = np.arange(start, seq.size)
+    if window:
+        prompts = [seq[max(0, t - window) : t] for t in ends]
+    else:
+        prompts = [seq[:t] for t in ends]
+    return prompts, seq[start:].copy()
+
+
+def _trajectory_stats(prompt, trajectory, n_tokens, window=0):
+    """:class:`PromptStats` of :func:`trajectory_pairs` in ``O(length x support)``."""
+    seq = np.concatenate([prompt, trajectory]).astype(np.int64)
+    support = np.unique(seq)
+    indptr, tokens, counts, query = _kernels.prefix_counts(seq, prompt.size, support, window)
+    return PromptStats(n_tokens, indptr, tokens, counts, query)
+
+
+@dataclass(eq=False)
+class TrajectoryLearning:
+    """Errors of logits fitted on growing prefixes of one trajectory (:func:`learn_from_trajectory`).
+
+    Attributes
+    ----------
+    lengths : ndarray of int
+        Trajectory lengths used for fitting.
+    winners : ndarray of int
+        Tokens taking more than ``share`` of the trajectory's tail: the winner block.
+    winner_error : ndarray
+        RMS error, per length, of the within-column differences ``W[k, q] - W[q, q]`` over the
+        winner block (``k, q`` winners).
+    rest_error : ndarray
+        The same over the other identified entries of the support (``k`` or ``q`` not a
+        winner); NaN when none is identified.
+    winner_visits, rest_visits : ndarray of int
+        Per length, the fewest times a winner-block entry, and the most times any other entry,
+        was available to be chosen.
+    """
+
+    lengths: np.ndarray
+    winners: np.ndarray
+    winner_error: np.ndarray
+    rest_error: np.ndarray
+    winner_visits: np.ndarray
+    rest_visits: np.ndarray
+
+    def summary(self):
+        lines = [f"Winner block {self.winners.tolist()}",
+                 f"{'length':>9} {'winner err':>10} {'rest err':>9} {'min win n':>9} "
+                 f"{'max rest n':>10}"]
+        for row in zip(self.lengths, self.winner_error, self.rest_error, self.winner_visits,
+                       self.rest_visits, strict=True):
+            lines.append(f"{row[0]:>9} {row[1]:>10.4f} {row[2]:>9.4f} {row[3]:>9} {row[4]:>10}")
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.summary()
+
+
+def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
+                          random_state=None):
+    """Fit a CCMC on growing prefixes of one generated trajectory and track what it learns.
+
+    Only the block of logits among the winner tokens receives unboundedly many samples; the
+    rest is seen finitely often, so its error does not shrink with the length.
+
+    Parameters
+    ----------
+    model : CCMC
+        The true model that generates the trajectory.
+    prompt : 1-D sequence of int
+    lengths : sequence of int
+        Increasing trajectory lengths at which to fit.
+    estimator : CCMCEstimator or None
+        Fitted on each prefix (cloned); default ``CCMCEstimator(alpha=1e-3)``.
+    share : float
+        Tail share above which a token belongs to the winner block.
+    random_state : int, Generator, RandomState or None
+
+    Returns
+    -------
+    TrajectoryLearning
+    """
+    from sklearn.base import clone
+
+    from .estimator import CCMCEstimator
+
+    model = _check_model(model)
+    prompt = _check_prompt(prompt, model.n_tokens)
+    lengths = np.asarray(lengths, np.int64)
+    if lengths.ndim != 1 or lengths.size == 0 or lengths.min() < 1 or np.any(np.diff(lengths) <= 0):
+        raise ValueError("lengths must be a non-empty increasing sequence of positive integers.")
+    est0 = CCMCEstimator(alpha=1e-3) if estimator is None else estimator
+    traj = generate(model, prompt, int(lengths[-1]), random_state=random_state)
+    tail = traj[len(traj) // 2 :]
+    shares = np.bincount(tail, minlength=model.n_tokens) / tail.size
+    winners = np.flatnonzero(shares > share)
+    K = model.n_tokens
+    truth = model.logits
+    in_block = np.zeros((K, K), bool)
+    in_block[np.ix_(winners, winners)] = True
+    w_err, r_err, w_n, r_n = [], [], [], []
+    for n in lengths:
+        stats = _trajectory_stats(prompt, traj[:n], K)
+        est = clone(est0).fit(stats, traj[:n])
+        diff_est = est.logits_ - np.diag(est.logits_)[None, :]
+        diff_true = truth - np.diag(truth)[None, :]
+        err = (diff_est - diff_true) ** 2
+        ident = est.identified_ & ~np.eye(K, dtype=bool)
+        avail = np.zeros((K, K), np.int64)
+        np.add.at(avail, (stats.tokens, np.repeat(stats.query, np.diff(stats.indptr))), 1)
+        block = ident & in_block
+        rest = ident & ~in_block
+        w_err.append(np.sqrt(err[block].mean()) if block.any() else np.nan)
+        r_err.append(np.sqrt(err[rest].mean()) if rest.any() else np.nan)
+        w_n.append(int(avail[in_block].min()) if winners.size else 0)
+        r_n.append(int(avail[rest].max()) if rest.any() else 0)
+    return TrajectoryLearning(lengths, winners, np.array(w_err), np.array(r_err),
+                              np.array(w_n), np.array(r_n))
