@@ -432,7 +432,9 @@ def _trajectory_stats(prompt, trajectory, n_tokens, window=0):
 
 @dataclass(eq=False)
 class TrajectoryLearning:
-    """Errors of logits fitted on growing prefixes of one trajectory (:func:`learn_from_trajectory`).
+    """Errors of logits fitted on growing prefixes of one trajectory.
+
+    Returned by :func:`learn_from_trajectory`.
 
     Attributes
     ----------

@@ -69,7 +69,9 @@ ax2.set_ylim(0, 1.05)
 ax2.set_ylabel("repetition rate (last 32 tokens)")
 ax.set_xlabel("generated tokens")
 ax.set_ylabel("token")
-ax.set_title("no self-dominant token, sliding window of 32:\nthe window locks onto the predicted winners")
+ax.set_title(
+    "no self-dominant token, sliding window of 32:\nthe window locks onto the predicted winners"
+)
 ax2.legend(loc="center right", fontsize=8)
 fig.tight_layout()
 OUT.parent.mkdir(parents=True, exist_ok=True)
