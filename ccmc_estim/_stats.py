@@ -128,6 +128,23 @@ def _locate(flat, indptr, pos):
     return i, int(pos - indptr[i])
 
 
+def check_random_state(random_state):
+    """A ``numpy.random.Generator`` from None, an int, a Generator or a RandomState.
+
+    A RandomState is wrapped around its own bit generator, so draws advance its state.
+    """
+    if random_state is None or isinstance(random_state, (Integral, np.random.SeedSequence)):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.Generator(random_state._bit_generator)
+    raise TypeError(
+        "random_state must be None, an int, a numpy Generator or RandomState, got "
+        f"{type(random_state).__name__}."
+    )
+
+
 def check_n_tokens(n_tokens):
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, Integral) or n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}.")

@@ -4,9 +4,8 @@ from collections import Counter
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils import check_random_state
 
-from ._stats import check_n_tokens
+from ._stats import check_n_tokens, check_random_state
 from .model import CCMC
 
 
@@ -93,7 +92,7 @@ def make_ccmc_data(
             ) from None
         if not 1 <= low <= high:
             raise ValueError(f"prompt_length range needs 1 <= low <= high, got {prompt_length}.")
-        lengths = rng.randint(low, high + 1, size=n_prompts)
+        lengths = rng.integers(low, high + 1, size=n_prompts)
         flat = rng.choice(n_tokens, size=int(lengths.sum()), p=p)
         prompts = np.split(flat, np.cumsum(lengths)[:-1])
     outputs = model.sample(prompts, random_state=rng)

@@ -4,10 +4,9 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
-from sklearn.utils import check_random_state
 
 from . import _kernels
-from ._stats import PromptStats, _flatten_prompts, check_n_tokens
+from ._stats import PromptStats, _flatten_prompts, check_n_tokens, check_random_state
 from .model import CCMC, stationary
 
 
@@ -86,7 +85,7 @@ def generate(model, prompt, n_steps, *, window=None, random_state=None):
     prompt = _check_prompt(prompt, model.n_tokens)
     n_steps = _check_steps(n_steps)
     window = _check_window(window)
-    u = check_random_state(random_state).random_sample(n_steps)
+    u = check_random_state(random_state).random(n_steps)
     out = np.empty(n_steps, np.int64)
     _kernels.generate_tokens(model.logits, np.unique(prompt), prompt, window, u, out)
     return out
@@ -111,7 +110,7 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     flat, indptr = _flatten_prompts(prompts)
     n_steps = _check_steps(n_steps)
     window = _check_window(window)
-    u = check_random_state(random_state).random_sample((indptr.size - 1, n_steps))
+    u = check_random_state(random_state).random((indptr.size - 1, n_steps))
     out = np.empty((indptr.size - 1, n_steps), np.int64)
     for i in range(indptr.size - 1):
         p = _check_prompt(flat[indptr[i] : indptr[i + 1]], model.n_tokens, f"prompt {i}")

@@ -4,10 +4,9 @@ from itertools import pairwise
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.utils import check_random_state
 
 from . import _kernels
-from ._stats import _flatten_prompts, check_outputs, prompt_stats
+from ._stats import _flatten_prompts, check_outputs, check_random_state, prompt_stats
 
 
 def stationary(P):
@@ -140,7 +139,7 @@ class CCMC:
         ndarray of int64, shape (n,)
         """
         stats = self._stats(prompts)
-        u = check_random_state(random_state).random_sample(stats.n_prompts)
+        u = check_random_state(random_state).random(stats.n_prompts)
         entries = _kernels.sample_entries(self._entry_log_proba(stats), stats.indptr, u)
         return stats.tokens[entries].astype(np.int64)
 

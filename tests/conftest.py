@@ -24,3 +24,20 @@ def nll_reference(logits, prompts, outputs, weight=None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# Hypothesis profiles: "ci" (default, fast and derandomised) and "thorough" (deep runs).
+# Select with CCMC_HYPOTHESIS_PROFILE=thorough.
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "thorough", max_examples=400, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("CCMC_HYPOTHESIS_PROFILE", "ci"))

@@ -18,7 +18,7 @@ from ccmc_estim.generation import _trajectory_stats
 
 def _generate_reference(model, prompt, n_steps, window, seed):
     """numpy twin: the same uniforms, the next-token distribution of each context by formula."""
-    u = np.random.RandomState(seed).random_sample(n_steps)
+    u = np.random.default_rng(seed).random(n_steps)
     context = list(prompt)
     out = []
     for t in range(n_steps):

@@ -1,0 +1,85 @@
+"""Sample complexity of CCMC estimation (THEORY.md section 4): error against data size.
+
+With ``K^2`` free logits, coverage and bounded logits, the mean squared error of the centred
+logits and the excess KL divergence of the predictions fall like ``K^2 / n``.
+"""
+
+import numpy as np
+
+from .datasets import make_ccmc_data
+from .estimator import CCMCEstimator
+
+
+def sample_complexity(n_tokens_list, n_prompts_list, *, n_repeats=20, prompt_length=10,
+                      logit_scale=1.0, alpha=1e-2, n_test=2000, random_state=0):
+    """Fit CCMCs on simulated data of growing size and record the estimation error.
+
+    For every vocabulary size ``K`` a fixed true model is drawn; for every ``n`` and repetition
+    a fresh data set is simulated from it and fitted.
+
+    Parameters
+    ----------
+    n_tokens_list : sequence of int
+        Vocabulary sizes ``K``.
+    n_prompts_list : sequence of int or callable
+        Data sizes; a callable ``K -> sizes`` gives sizes per ``K``.
+    n_repeats : int
+        Repetitions per ``(K, n)``.
+    prompt_length : int
+    logit_scale : float
+    alpha : float
+        Penalty of the fits (small: it only keeps the fits finite).
+    n_test : int
+        Held-out prompts for the KL divergence.
+    random_state : int
+
+    Returns
+    -------
+    dict of ndarray
+        Columns ``n_tokens``, ``n_prompts``, ``repeat``, ``mse`` (centred identified logits)
+        and ``kl`` (mean KL divergence from the true to the fitted next-token distribution on
+        held-out prompts), one row per fit.
+
+    Examples
+    --------
+    >>> from ccmc_estim.consistency import loglog_slope, sample_complexity
+    >>> t = sample_complexity([3], [500, 5000], n_repeats=2, n_test=100)
+    >>> t["mse"].shape
+    (4,)
+    """
+    rows = {k: [] for k in ("n_tokens", "n_prompts", "repeat", "mse", "kl")}
+    ss = np.random.SeedSequence(random_state)
+    for K, seq in zip(n_tokens_list, ss.spawn(len(n_tokens_list)), strict=True):
+        rng = np.random.default_rng(seq)
+        truth = logit_scale * rng.standard_normal((K, K))
+        centred = truth - truth.mean(axis=0)
+        X_test, _, model = make_ccmc_data(n_test, K, prompt_length, logits=truth,
+                                          random_state=rng)
+        logp_true = model.predict_log_proba(X_test)
+        p_true = np.exp(logp_true)
+        sizes = n_prompts_list(K) if callable(n_prompts_list) else n_prompts_list
+        for n in sizes:
+            for r in range(n_repeats):
+                X, y, _ = make_ccmc_data(int(n), K, prompt_length, logits=truth,
+                                         random_state=rng)
+                est = CCMCEstimator(alpha=alpha).fit(X, y)
+                err = (est.logits_ - centred)[est.identified_]
+                logp_hat = est.predict_log_proba(X_test)
+                support = p_true > 0
+                gap = np.where(support, logp_true, 0.0) - np.where(support, logp_hat, 0.0)
+                kl = np.where(support, p_true * gap, 0.0)
+                rows["n_tokens"].append(K)
+                rows["n_prompts"].append(int(n))
+                rows["repeat"].append(r)
+                rows["mse"].append(float(np.mean(err**2)))
+                rows["kl"].append(float(kl.sum(axis=1).mean()))
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+def loglog_slope(n, error):
+    """Least-squares slope of ``log(error)`` against ``log(n)`` (of the means per ``n``)."""
+    n = np.asarray(n, float)
+    error = np.asarray(error, float)
+    sizes = np.unique(n)
+    means = np.array([error[n == s].mean() for s in sizes])
+    return float(np.polyfit(np.log(sizes), np.log(means), 1)[0])
