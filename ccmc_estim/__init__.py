@@ -9,7 +9,7 @@ from .diagnostics import (
     compare_models,
     identifiability_report,
 )
-from .estimator import CCMCEstimator
+from .estimator import CCMCEstimator, PositionalCCMCEstimator
 from .generation import (
     CollapseProfile,
     TrajectoryLearning,
@@ -21,7 +21,7 @@ from .generation import (
     trajectory_pairs,
     winner_analysis,
 )
-from .model import CCMC, attention_forward
+from .model import CCMC, PositionalCCMC, attention_forward
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,8 @@ __all__ = [
     "IdentifiabilityReport",
     "IdentifiabilityWarning",
     "ModelComparison",
+    "PositionalCCMC",
+    "PositionalCCMCEstimator",
     "TrajectoryLearning",
     "Vocabulary",
     "WinnerAnalysis",

@@ -28,8 +28,13 @@ def _insertion_sort(a, lo, hi):
 
 
 @njit(cache=True)
-def prompt_counts(flat, indptr, n_tokens):
-    """Distinct tokens (sorted) and their counts for every prompt of a flat token array."""
+def prompt_counts(flat, indptr, n_tokens, dist_weight):
+    """Distinct tokens (sorted) and their counts for every prompt of a flat token array.
+
+    A token at distance ``d`` from the end of its prompt (``d = 0`` for the last one) counts
+    ``dist_weight[min(d, len - 1)]``: ``[1.0]`` gives plain counts, ``exp(b)`` the
+    position-weighted counts of a relative position bias ``b``.
+    """
     n = indptr.size - 1
     mark = np.full(n_tokens, -1, np.int64)
     nd = np.empty(n + 1, np.int64)
@@ -44,18 +49,20 @@ def prompt_counts(flat, indptr, n_tokens):
         nd[i + 1] = nd[i] + d
     tokens = np.empty(nd[n], np.int32)
     counts = np.empty(nd[n], np.float64)
-    cnt = np.zeros(n_tokens, np.int64)
+    cnt = np.zeros(n_tokens, np.float64)
+    last = dist_weight.size - 1
     mark[:] = -1
     for i in range(n):
         pos = nd[i]
+        end = indptr[i + 1] - 1
         for j in range(indptr[i], indptr[i + 1]):
             t = flat[j]
             if mark[t] != i:
                 mark[t] = i
-                cnt[t] = 0
+                cnt[t] = 0.0
                 tokens[pos] = t
                 pos += 1
-            cnt[t] += 1
+            cnt[t] += dist_weight[min(end - j, last)]
         # Sorted tokens make the statistics independent of the order of the non-last tokens,
         # down to the last bit of every sum over a prompt.
         if nd[i + 1] - nd[i] <= 24:
@@ -410,3 +417,99 @@ def prefix_counts(seq, start, support, window):
         if window > 0 and t - window >= 0:
             m[seq[t - window]] -= 1.0
     return indptr, tokens[:pos].copy(), counts[:pos].copy(), query
+
+
+# --------------------------------------------------------------------------- position bias
+@njit(cache=True)
+def bias_loglik(flat, indptr, query, outputs, weight, logits, b, grad):
+    """Log-likelihood in the relative bias ``b`` with the logits fixed, and its gradient
+    ``sum_i w_i (R_i - P_i)``: ``R_i`` is the posterior over the attended distance bucket among
+    the positions holding the output, ``P_i`` the attention mass per bucket."""
+    n = indptr.size - 1
+    B = b.size
+    grad[:] = 0.0
+    P = np.empty(B)
+    R = np.empty(B)
+    f = 0.0
+    for i in range(n):
+        q = query[i]
+        y = outputs[i]
+        end = indptr[i + 1] - 1
+        mx = -np.inf
+        for j in range(indptr[i], indptr[i + 1]):
+            mx = max(mx, logits[flat[j], q] + b[min(end - j, B - 1)])
+        P[:] = 0.0
+        R[:] = 0.0
+        s = 0.0
+        sy = 0.0
+        for j in range(indptr[i], indptr[i + 1]):
+            d = min(end - j, B - 1)
+            e = np.exp(logits[flat[j], q] + b[d] - mx)
+            P[d] += e
+            s += e
+            if flat[j] == y:
+                R[d] += e
+                sy += e
+        w = weight[i]
+        f += w * (np.log(sy) - np.log(s))
+        for d in range(B):
+            grad[d] += w * (R[d] / sy - P[d] / s)
+    return f
+
+
+@njit(cache=True)
+def generate_positional(logits, b, support, context, window, u, out):
+    """Generation from a CCMC with a relative position bias ``b`` (``b[-1]`` for all larger
+    distances): tokens at distance ``>= len(b) - 1`` share one weight and are counted
+    incrementally; the more recent ones are summed explicitly, ``O(len(b) + support)`` a step."""
+    K = logits.shape[0]
+    B = b.size
+    expb = np.exp(b - b.max())
+    L = context.size
+    seq = np.empty(L + u.size, np.int64)
+    seq[:L] = context
+    old = np.zeros(K)  # counts of the positions rlo..rhi-1 (the context's old part)
+    rlo = 0 if window == 0 else max(0, L - window)
+    rhi = rlo
+    S = support.size
+    wk = np.zeros(K)
+    w = np.empty(S)
+    for t in range(u.size):
+        n = L + t  # the context is seq[lo:n]
+        lo = 0 if window == 0 else max(0, n - window)
+        hi = max(lo, n - B + 1)
+        while rlo < lo:
+            if rlo < rhi:
+                old[seq[rlo]] -= 1.0
+            rlo += 1
+        rhi = max(rhi, rlo)
+        while rhi < hi:
+            old[seq[rhi]] += 1.0
+            rhi += 1
+        q = seq[n - 1]
+        for s in range(S):
+            wk[support[s]] = old[support[s]] * expb[B - 1]
+        for p in range(hi, n):
+            wk[seq[p]] += expb[n - 1 - p]
+        mx = -np.inf
+        for s in range(S):
+            k = support[s]
+            if wk[k] > 0:
+                mx = max(mx, logits[k, q] + np.log(wk[k]))
+        tot = 0.0
+        for s in range(S):
+            k = support[s]
+            w[s] = np.exp(logits[k, q] + np.log(wk[k]) - mx) if wk[k] > 0 else 0.0
+            tot += w[s]
+        thr = u[t] * tot
+        c = 0.0
+        pick = -1
+        for s in range(S):
+            if w[s] > 0:
+                pick = s
+                c += w[s]
+                if thr < c:
+                    break
+        y = support[pick]
+        out[t] = y
+        seq[n] = y

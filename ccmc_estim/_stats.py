@@ -14,6 +14,8 @@ from scipy.sparse import issparse
 
 from . import _kernels
 
+_PLAIN = np.ones(1)  # every position counts once
+
 
 def _check_integral(values, what):
     """Return ``values`` as int64, raising a clear error for NaN, non-integers and booleans."""
@@ -182,7 +184,8 @@ class PromptStats:
 
     @cached_property
     def logc(self):
-        return np.log(self.counts)
+        with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is log 0 = -inf
+            return np.log(self.counts)
 
     @cached_property
     def row(self):
@@ -201,34 +204,22 @@ class PromptStats:
         """Entry index of every output in its prompt, -1 where the output is absent."""
         return _kernels.output_entries(self.indptr, self.tokens, outputs)
 
-    def take(self, idx):
-        """Statistics of the prompts ``idx`` (in that order)."""
+    def take(self, idx, return_index=False):
+        """Statistics of the prompts ``idx`` (in that order), and optionally the source entry
+        of each of their entries."""
         idx = np.asarray(idx, np.int64)
         lengths = np.diff(self.indptr)[idx]
         indptr = np.zeros(idx.size + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
         src = np.repeat(self.indptr[idx] - indptr[:-1], lengths) + np.arange(indptr[-1])
-        return PromptStats(
+        out = PromptStats(
             self.n_tokens, indptr, self.tokens[src], self.counts[src], self.query[idx]
         )
+        return (out, src) if return_index else out
 
 
-def prompt_stats(prompts, n_tokens=None):
-    """Validate ``prompts`` and reduce them to their :class:`PromptStats`.
-
-    Parameters
-    ----------
-    prompts : array-like of shape (n_prompts, L) or sequence of 1-D sequences
-        Token ids.  Both forms give identical statistics.
-    n_tokens : int or None
-        Vocabulary size; inferred as ``max token + 1`` when None.
-    """
-    if isinstance(prompts, PromptStats):
-        if n_tokens is not None and prompts.n_tokens != n_tokens:
-            raise ValueError(
-                f"prompt statistics have n_tokens={prompts.n_tokens}, expected {n_tokens}."
-            )
-        return prompts
+def validate_prompts(prompts, n_tokens=None):
+    """Flat tokens, ``indptr`` and vocabulary size of valid prompts (see :func:`prompt_stats`)."""
     flat, indptr = _flatten_prompts(prompts)
     if flat.min() < 0:
         i, t = _locate(flat, indptr, int(np.argmin(flat)))
@@ -244,9 +235,37 @@ def prompt_stats(prompts, n_tokens=None):
                 f"prompt {i} has token {top} at position {t}, outside the vocabulary "
                 f"0..{n_tokens - 1} (n_tokens={n_tokens})."
             )
-    nd, tokens, counts = _kernels.prompt_counts(flat, indptr, n_tokens)
+    return flat, indptr, n_tokens
+
+
+def stats_from_flat(flat, indptr, n_tokens, dist_weight=_PLAIN):
+    """:class:`PromptStats` of validated flat prompts; ``dist_weight`` as in
+    ``_kernels.prompt_counts`` (position-weighted counts)."""
+    nd, tokens, counts = _kernels.prompt_counts(flat, indptr, n_tokens, dist_weight)
     query = flat[indptr[1:] - 1].astype(np.int32)
     return PromptStats(n_tokens, nd, tokens, counts, query)
+
+
+def prompt_stats(prompts, n_tokens=None, dist_weight=_PLAIN):
+    """Validate ``prompts`` and reduce them to their :class:`PromptStats`.
+
+    Parameters
+    ----------
+    prompts : array-like of shape (n_prompts, L) or sequence of 1-D sequences
+        Token ids.  Both forms give identical statistics.
+    n_tokens : int or None
+        Vocabulary size; inferred as ``max token + 1`` when None.
+    dist_weight : ndarray
+        Weight of a token at distance ``d`` from the end, ``dist_weight[min(d, len - 1)]``.
+    """
+    if isinstance(prompts, PromptStats):
+        if n_tokens is not None and prompts.n_tokens != n_tokens:
+            raise ValueError(
+                f"prompt statistics have n_tokens={prompts.n_tokens}, expected {n_tokens}."
+            )
+        return prompts
+    flat, indptr, n_tokens = validate_prompts(prompts, n_tokens)
+    return stats_from_flat(flat, indptr, n_tokens, dist_weight)
 
 
 def check_outputs(outputs, n_prompts, n_tokens):
@@ -328,6 +347,7 @@ class ColumnData:
     weight: np.ndarray
     id_ptr: np.ndarray
     id_tokens: np.ndarray
+    entry_index: np.ndarray  # entry of the source statistics behind each entry here
 
     @property
     def n_params(self):
@@ -360,7 +380,7 @@ def column_data(stats, outputs=None, weight=None):
     weight = np.ones(stats.n_prompts) if weight is None else weight
     order, _ = stats.by_query
     order = order[weight[order] > 0]
-    sub = stats.take(order)
+    sub, entry_index = stats.take(order, return_index=True)
     K = stats.n_tokens
     col_ptr = np.zeros(K + 1, np.int64)
     np.cumsum(np.bincount(sub.query, minlength=K), out=col_ptr[1:])
@@ -382,9 +402,10 @@ def column_data(stats, outputs=None, weight=None):
         col_ptr=col_ptr,
         indptr=sub.indptr,
         local=local,
-        logc=np.log(sub.counts),
+        logc=sub.logc,
         y_entry=y_entry,
         weight=np.ascontiguousarray(weight[order]),
         id_ptr=id_ptr,
         id_tokens=id_tokens.astype(np.int32),
+        entry_index=entry_index,
     )

@@ -413,3 +413,32 @@ def compare_models(estimator, prompts_train, outputs_train, prompts_test, output
         "unigram": float(np.log(uni[y_test]).mean()),
     }
     return ModelComparison(result, int((~inside).sum()), int(test.n_prompts))
+
+
+def likelihood_ratio_test(full, restricted):
+    """Likelihood-ratio test of a fitted model against a nested, simpler one.
+
+    For example a :class:`~ccmc_estim.PositionalCCMCEstimator` against a
+    :class:`~ccmc_estim.CCMCEstimator` fitted on the same data: the statistic
+    ``2 (LL_full - LL_restricted)`` is asymptotically chi-square with
+    ``n_free_params_`` difference degrees of freedom under the restricted model.  Exact only
+    for unpenalised fits; with a small ``alpha`` it is approximate.
+
+    Parameters
+    ----------
+    full, restricted : fitted estimators
+        With ``log_likelihood_`` and ``n_free_params_``, fitted on the same data.
+
+    Returns
+    -------
+    statistic : float
+    df : int
+    p_value : float
+    """
+    from scipy.stats import chi2
+
+    stat = 2.0 * (full.log_likelihood_ - restricted.log_likelihood_)
+    df = int(full.n_free_params_ - restricted.n_free_params_)
+    if df <= 0:
+        raise ValueError(f"the full model must have more free parameters, got df={df}.")
+    return float(stat), df, float(chi2.sf(max(stat, 0.0), df))

@@ -7,16 +7,22 @@ from numbers import Integral, Real
 
 import numpy as np
 from joblib import effective_n_jobs
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from ._kernels import bias_loglik
 from ._solvers import DENSE_MAX, MAX_ITER, solve_columns
 from ._stats import (
+    PromptStats,
     check_outputs,
+    check_random_state,
     check_sample_weight,
     column_data,
     prompt_stats,
+    stats_from_flat,
+    validate_prompts,
 )
 from .diagnostics import (
     IdentifiabilityWarning,
@@ -25,7 +31,7 @@ from .diagnostics import (
     normal_quantile,
     softmax_jacobian,
 )
-from .model import CCMC
+from .model import CCMC, PositionalCCMC
 
 _SOLVERS = ("auto", "newton", "newton-cg")
 
@@ -178,17 +184,43 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_jobs must be None or a non-zero integer, got {self.n_jobs!r}.")
 
     def _training_data(self, prompts, outputs, sample_weight):
-        """Validated statistics, outputs and weights of the training data."""
-        stats = prompt_stats(prompts, self.n_tokens)
-        if self.n_tokens is None:
-            outputs = check_outputs(outputs, stats.n_prompts, np.iinfo(np.int64).max)
-            top = int(outputs.max()) + 1 if outputs.size else 0
-            if top > stats.n_tokens:
-                stats = replace(stats, n_tokens=top)
+        """Validated flat prompts, their statistics, outputs and weights.
+
+        Precomputed :class:`PromptStats` (used internally, e.g. for the growing contexts of one
+        trajectory) pass through, without flat prompts.
+        """
+        if isinstance(prompts, PromptStats):
+            flat = indptr = None
+            stats = prompt_stats(prompts, self.n_tokens)
+            K, n = stats.n_tokens, stats.n_prompts
         else:
-            outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
-        weight = check_sample_weight(sample_weight, stats.n_prompts)
-        return stats, outputs, weight
+            flat, indptr, K = validate_prompts(prompts, self.n_tokens)
+            stats = None
+            n = indptr.size - 1
+        if self.n_tokens is None:
+            outputs = check_outputs(outputs, n, np.iinfo(np.int64).max)
+            K = max(K, int(outputs.max()) + 1)
+        else:
+            outputs = check_outputs(outputs, n, K)
+        weight = check_sample_weight(sample_weight, n)
+        if stats is None:
+            stats = stats_from_flat(flat, indptr, K)
+        elif K != stats.n_tokens:
+            stats = replace(stats, n_tokens=K)
+        return flat, indptr, stats, outputs, weight
+
+    def _solve(self, cd, theta):
+        """Solve every column in place (the convex problem in the logits)."""
+        return solve_columns(
+            cd,
+            theta,
+            alpha=self.alpha,
+            tol=self.tol,
+            max_iter=self.max_iter,
+            solver=self.solver,
+            n_jobs=effective_n_jobs(self.n_jobs),
+            info_max=DENSE_MAX,
+        )
 
     # ------------------------------------------------------------------ fit
     def fit(self, prompts, outputs, sample_weight=None):
@@ -209,52 +241,50 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         t0 = time.perf_counter()
-        stats, outputs, weight = self._training_data(prompts, outputs, sample_weight)
+        _, _, stats, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         cd = column_data(stats, outputs, weight)
-        K = stats.n_tokens
-        if self.warm_start and getattr(self, "n_tokens_", None) == K:
+        if self.warm_start and getattr(self, "n_tokens_", None) == stats.n_tokens:
             theta = cd.from_matrix(self.logits_)
         else:
             theta = np.zeros(cd.n_params)
-        objective, n_iter, status, self._information = solve_columns(
-            cd,
-            theta,
-            alpha=self.alpha,
-            tol=self.tol,
-            max_iter=self.max_iter,
-            solver=self.solver,
-            n_jobs=effective_n_jobs(self.n_jobs),
-            info_max=DENSE_MAX,
-        )
+        solution = self._solve(cd, theta)
+        self._store(cd, theta, solution, weight)
+        if self.verbose:
+            print(
+                f"{type(self).__name__}: {stats.n_prompts} prompts, {cd.n_params} identified "
+                f"logits, max {int(self.n_iter_.max())} iterations, objective "
+                f"{self.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
+            )
+        return self
+
+    def _store(self, cd, theta, solution, weight, bias=None, n_bias_params=0):
+        """Check a solution and set the fitted attributes from it."""
+        objective, n_iter, status, self._information = solution
         # Sink components (always-winning groups) only matter for the alpha=0 warning.
         report = _report_from_columns(cd, with_outputs=True, dominant=self.alpha == 0)
         self._check_solution(report, status)
         self._uncertainty_cache = None
-        penalty = 0.5 * self.alpha * float(theta @ theta)
+        # A learned bias is penalised like the logits; a fixed one is not a parameter.
+        bias_penalty = 0.5 * self.alpha * float(bias @ bias) if n_bias_params else 0.0
+        penalty = 0.5 * self.alpha * float(theta @ theta) + bias_penalty
         # Centre each column over its identified entries (the reported gauge).
         sizes = np.diff(cd.id_ptr)
         means = np.add.reduceat(theta, cd.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
-        theta -= np.repeat(means, sizes[sizes > 0])
+        theta = theta - np.repeat(means, sizes[sizes > 0])
+        K = cd.n_tokens
         self.logits_ = cd.to_matrix(theta)
         self.identified_ = cd.identified_mask()
-        self.model_ = CCMC(self.logits_)
+        self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
         self.classes_ = np.arange(K)
         self.n_tokens_ = K
         self.n_iter_ = n_iter
-        self.objective_ = float(objective.sum())
+        self.objective_ = float(objective.sum()) + bias_penalty
         self.identifiability_ = report
         self.log_likelihood_ = -(self.objective_ - penalty)
-        self.n_free_params_ = report.n_free_params
+        self.n_free_params_ = report.n_free_params + n_bias_params
         n_obs = float(weight.sum())
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
-        if self.verbose:
-            print(
-                f"CCMCEstimator: {stats.n_prompts} prompts, {int((sizes > 0).sum())} columns, "
-                f"{cd.n_params} identified logits, max {int(n_iter.max())} iterations, "
-                f"objective {self.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
-            )
-        return self
 
     def _check_solution(self, report, status):
         bad = np.flatnonzero(status == MAX_ITER)
@@ -402,3 +432,203 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         if np.isneginf(ll[hit]).any():
             return -np.inf
         return float(np.average(ll[hit], weights=w[hit]))
+
+
+class PositionalCCMCEstimator(CCMCEstimator):
+    """Penalised maximum-likelihood estimator of a CCMC with a relative position bias.
+
+    The model is :class:`PositionalCCMC`: the attention score of a position at distance ``d``
+    from the last token gains ``b[min(d, max_distance)]``, with ``b[0] = 0``.  With
+    ``position_bias`` given, ``b`` is fixed and the fit is the convex problem in the logits.
+    Otherwise ``b`` is learned jointly.  The problem is convex in the logits for a fixed
+    ``b`` but not jointly (which position was attended is hidden), so the fit minimises the
+    profile objective ``F(b) = min_W objective(W, b)`` by L-BFGS over ``b[1:]``: every
+    evaluation solves the convex problem in the logits exactly (warm-started), and by the
+    envelope theorem the gradient of ``F`` is the partial gradient in ``b`` at that solution,
+    i.e. the EM gradient: the posterior of the attended distance among the positions holding
+    the output, minus the attention mass at that distance.  The line search accepts only
+    iterates that lower ``F``, so the objective never increases along ``objective_path_``.
+
+    The objective is the weighted NLL plus ``alpha / 2`` times the squared norms of the logits
+    and of the learned bias.  It stops when an iteration lowers it by less than
+    ``bias_tol * max(1, |objective|)``, or when the gradient in ``b`` falls below
+    ``tol * total weight``; it keeps the best of ``n_restarts`` starts (the first from
+    ``b = 0``, the others random).
+
+    Parameters
+    ----------
+    max_distance : int, default=8
+        Number of free bias entries ``b[1..max_distance]``; larger distances share the last.
+    alpha : float, default=1.0
+    position_bias : array-like or None, default=None
+        A fixed bias (``max_distance`` is then ``len(position_bias) - 1``).
+    n_restarts : int, default=1
+    random_state : int, Generator, RandomState or None
+        Draws the starting biases of restarts after the first.
+    bias_max_iter : int, default=200
+        Maximum L-BFGS iterations in ``b`` per start.
+    bias_tol : float, default=1e-9
+        Relative decrease of the objective below which the bias search stops.
+    n_tokens, solver, tol, max_iter, warm_start, n_jobs, verbose
+        As in :class:`CCMCEstimator` (``verbose`` prints the objective at every iteration).
+
+    Attributes
+    ----------
+    position_bias_ : ndarray of shape (max_distance + 1,)
+    objective_path_ : ndarray
+        Objective at the start and after every iteration of the best start (non-increasing).
+    n_bias_iter_ : int
+    logits_, identified_, model_, classes_, n_tokens_, n_iter_, objective_, log_likelihood_,
+    n_free_params_, aic_, bic_, identifiability_, logits_se_, information_min_eig_
+        As in :class:`CCMCEstimator`; ``n_free_params_`` counts the learned bias entries, and
+        standard errors and intervals of the logits are conditional on the fitted bias.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import PositionalCCMC, PositionalCCMCEstimator
+    >>> truth = PositionalCCMC(np.zeros((4, 4)), -0.5 * np.arange(5))
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 4, size=(5000, 8))
+    >>> y = truth.sample(X, random_state=0)
+    >>> est = PositionalCCMCEstimator(max_distance=4).fit(X, y)
+    >>> bool(np.all(np.diff(est.objective_path_) <= 1e-9 * abs(est.objective_)))
+    True
+    """
+
+    def __init__(
+        self,
+        max_distance=8,
+        alpha=1.0,
+        *,
+        position_bias=None,
+        n_restarts=1,
+        random_state=None,
+        bias_max_iter=200,
+        bias_tol=1e-9,
+        n_tokens=None,
+        solver="auto",
+        tol=1e-6,
+        max_iter=100,
+        warm_start=False,
+        n_jobs=None,
+        verbose=0,
+    ):
+        super().__init__(alpha, n_tokens=n_tokens, solver=solver, tol=tol, max_iter=max_iter,
+                         warm_start=warm_start, n_jobs=n_jobs, verbose=verbose)
+        self.max_distance = max_distance
+        self.position_bias = position_bias
+        self.n_restarts = n_restarts
+        self.random_state = random_state
+        self.bias_max_iter = bias_max_iter
+        self.bias_tol = bias_tol
+
+    def _validate_params(self):
+        super()._validate_params()
+        for name, low in (("max_distance", 0), ("n_restarts", 1), ("bias_max_iter", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}.")
+        tol = self.bias_tol
+        if isinstance(tol, bool) or not isinstance(tol, Real) or not tol > 0:
+            raise ValueError(f"bias_tol must be a positive number, got {self.bias_tol!r}.")
+
+    def fit(self, prompts, outputs, sample_weight=None):
+        """Fit the logits and (unless fixed) the position bias.
+
+        Parameters
+        ----------
+        prompts : array-like of shape (n, L) or sequence of 1-D sequences
+        outputs : array-like of shape (n,)
+        sample_weight : array-like of shape (n,) or None
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        if isinstance(prompts, PromptStats):
+            raise TypeError("PositionalCCMCEstimator needs the prompts themselves (positions).")
+        flat, indptr, stats, outputs, weight = self._training_data(
+            prompts, outputs, sample_weight
+        )
+        cd0 = column_data(stats, outputs, weight)
+        K = stats.n_tokens
+
+        def logits_step(b, theta):
+            counts = stats_from_flat(flat, indptr, K, np.exp(b - b.max())).counts
+            cd = replace(cd0, logc=np.log(counts[cd0.entry_index]))
+            return cd, self._solve(cd, theta)
+
+        if self.position_bias is not None:
+            from .model import _check_bias
+
+            b = _check_bias(self.position_bias).copy()
+            theta = np.zeros(cd0.n_params)
+            cd, solution = logits_step(b, theta)
+            self.objective_path_ = np.array([solution[0].sum()])
+            self.n_bias_iter_ = 0
+            self._store(cd, theta, solution, weight, bias=b)
+            self.position_bias_ = b
+            return self
+
+        D = self.max_distance
+        rng = check_random_state(self.random_state)
+        best = None
+        for start in range(self.n_restarts):
+            if start == 0:
+                b = np.zeros(D + 1)
+                if self.warm_start and getattr(self, "position_bias_", np.zeros(0)).size == D + 1:
+                    b = self.position_bias_.copy()
+            else:
+                b = np.concatenate([[0.0], rng.normal(0.0, 1.0, D)])
+            result = self._fit_joint(flat, indptr, outputs, weight, cd0, b, logits_step, start)
+            if best is None or result[0] < best[0]:
+                best = result
+        _, b, theta, cd, solution, path, n_outer = best
+        if n_outer >= self.bias_max_iter:
+            warnings.warn(
+                f"the joint fit reached bias_max_iter={self.bias_max_iter} before bias_tol="
+                f"{self.bias_tol:g}; increase bias_max_iter.", ConvergenceWarning, stacklevel=2)
+        self.objective_path_ = np.array(path)
+        self.n_bias_iter_ = n_outer
+        self._store(cd, theta, solution, weight, bias=b, n_bias_params=D)
+        self.position_bias_ = b
+        return self
+
+    def _fit_joint(self, flat, indptr, outputs, weight, cd0, b, logits_step, start):
+        """One start: L-BFGS on the profile objective ``F(b) = min_W objective(W, b)``.
+
+        Every evaluation solves the convex problem in the logits (warm-started); by the envelope
+        theorem the gradient of ``F`` is the partial gradient in ``b`` at that solution.  The
+        line search accepts only iterates that lower ``F``, so the recorded path never
+        increases.
+        """
+        theta = np.zeros(cd0.n_params)
+        query = flat[indptr[1:] - 1]
+        grad = np.empty(b.size)
+        last = {}
+
+        def profile(free):
+            bb = np.concatenate([[0.0], free])
+            cd, solution = logits_step(bb, theta)
+            f = float(solution[0].sum()) + 0.5 * self.alpha * float(bb @ bb)
+            bias_loglik(flat, indptr, query, outputs, weight, cd.to_matrix(theta), bb, grad)
+            last.update(x=free.copy(), f=f, cd=cd, solution=solution)
+            return f, -grad[1:] + self.alpha * bb[1:]
+
+        path = [profile(b[1:].copy())[0]]
+
+        def record(intermediate_result):
+            path.append(float(intermediate_result.fun))
+            if self.verbose:
+                print(f"start {start} iteration {len(path) - 1}: objective {path[-1]:.12g}")
+
+        res = minimize(profile, b[1:].copy(), jac=True, method="L-BFGS-B", callback=record,
+                       options={"maxiter": self.bias_max_iter,
+                                "gtol": self.tol * max(1.0, float(weight.sum())),
+                                "ftol": self.bias_tol})
+        if not np.array_equal(last["x"], res.x):
+            profile(res.x)
+        b = np.concatenate([[0.0], res.x])
+        return last["f"], b, theta, last["cd"], last["solution"], path, int(res.nit)

@@ -7,13 +7,27 @@ import numpy as np
 
 from . import _kernels
 from ._stats import PromptStats, _flatten_prompts, check_n_tokens, check_random_state
-from .model import CCMC, stationary
+from .model import CCMC, PositionalCCMC, stationary
 
 
-def _check_model(model):
+def _check_model(model, positional=True):
     if not isinstance(model, CCMC):
         raise TypeError(f"model must be a CCMC, got {type(model).__name__}.")
+    if not positional and isinstance(model, PositionalCCMC):
+        raise TypeError(
+            "this analysis assumes the plain CCMC dynamics (THEORY.md section 6); a position "
+            "bias changes them. Simulate the PositionalCCMC with generate instead."
+        )
     return model
+
+
+def _run(model, prompt, window, u, out):
+    """Fill ``out`` with a trajectory from one validated prompt."""
+    if isinstance(model, PositionalCCMC):
+        _kernels.generate_positional(model.logits, model.position_bias, np.unique(prompt),
+                                     prompt, window, u, out)
+    else:
+        _kernels.generate_tokens(model.logits, np.unique(prompt), prompt, window, u, out)
 
 
 def _check_prompt(prompt, n_tokens, what="prompt"):
@@ -56,11 +70,12 @@ def generate(model, prompt, n_steps, *, window=None, random_state=None):
 
     Each step draws the next token from the CCMC of the current context, appends it and makes it
     the next query.  Compiled, with the token counts updated incrementally: a step costs
-    ``O(number of distinct prompt tokens)``.
+    ``O(number of distinct prompt tokens)`` (plus ``O(len(position_bias))`` for a
+    :class:`PositionalCCMC`, which weighs each context position by its bias).
 
     Parameters
     ----------
-    model : CCMC
+    model : CCMC or PositionalCCMC
     prompt : 1-D sequence of int
     n_steps : int
     window : int or None
@@ -87,7 +102,7 @@ def generate(model, prompt, n_steps, *, window=None, random_state=None):
     window = _check_window(window)
     u = check_random_state(random_state).random(n_steps)
     out = np.empty(n_steps, np.int64)
-    _kernels.generate_tokens(model.logits, np.unique(prompt), prompt, window, u, out)
+    _run(model, prompt, window, u, out)
     return out
 
 
@@ -114,7 +129,7 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     out = np.empty((indptr.size - 1, n_steps), np.int64)
     for i in range(indptr.size - 1):
         p = _check_prompt(flat[indptr[i] : indptr[i + 1]], model.n_tokens, f"prompt {i}")
-        _kernels.generate_tokens(model.logits, np.unique(p), p, window, u[i], out[i])
+        _run(model, p, window, u[i], out[i])
     return out
 
 
@@ -234,7 +249,7 @@ def winner_analysis(model, prompt, *, n_starts=10, threshold=1e-3, random_state=
     >>> winner_analysis(CCMC(W), [0, 1, 2, 0]).single_winners.tolist()
     [0]
     """
-    model = _check_model(model)
+    model = _check_model(model, positional=False)
     prompt = _check_prompt(prompt, model.n_tokens)
     support, counts = np.unique(prompt, return_counts=True)
     L = model.logits
@@ -500,7 +515,7 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
 
     from .estimator import CCMCEstimator
 
-    model = _check_model(model)
+    model = _check_model(model, positional=False)
     prompt = _check_prompt(prompt, model.n_tokens)
     lengths = np.asarray(lengths, np.int64)
     if lengths.ndim != 1 or lengths.size == 0 or lengths.min() < 1 or np.any(np.diff(lengths) <= 0):

@@ -244,17 +244,21 @@ class CCMC:
         return E, E.T @ self.logits @ E, E.copy()
 
 
-def attention_forward(E, W_att, C, prompts):
+def attention_forward(E, W_att, C, prompts, position_bias=None):
     """Literal forward pass of a one-layer self-attention layer, for checking a CCMC.
 
     The query is the last token and attends to every position, itself included; the output is
-    ``C X^T softmax(X W_att e_q)`` with no second softmax.  Costs ``O(L d^2)`` per prompt.
+    ``C X^T softmax(X W_att e_q + bias)`` with no second softmax.  Costs ``O(L d^2)`` per
+    prompt.
 
     Parameters
     ----------
     E, W_att, C : array-like
         Embeddings ``(K, d)``, attention matrix ``(d, d)`` and head ``(K, d)``.
     prompts : sequence of 1-D integer sequences
+    position_bias : array-like or None
+        Relative bias added to the score of a position at distance ``d`` from the last one
+        (``position_bias[-1]`` for larger distances).
 
     Returns
     -------
@@ -274,9 +278,79 @@ def attention_forward(E, W_att, C, prompts):
     flat, indptr = _flatten_prompts(prompts)
     if flat.min() < 0 or flat.max() >= E.shape[0]:
         raise ValueError(f"prompts hold tokens outside 0..{E.shape[0] - 1}, the rows of E.")
+    bias = np.zeros(1) if position_bias is None else np.asarray(position_bias, np.float64)
     out = []
     for a, b in pairwise(indptr):
         X = E[flat[a:b]]
-        s = softmax(X @ W_att @ X[-1])
+        dist = np.minimum(np.arange(b - a)[::-1], bias.size - 1)
+        s = softmax(X @ W_att @ X[-1] + bias[dist])
         out.append(C @ (X.T @ s))
     return np.array(out)
+
+
+def _check_bias(position_bias):
+    b = np.array(position_bias, dtype=np.float64).reshape(-1)
+    if b.size == 0 or not np.isfinite(b).all():
+        raise ValueError("position_bias must be a non-empty 1-D array of finite numbers.")
+    b -= b[0]  # gauge: only differences between distances matter
+    b.setflags(write=False)
+    return b
+
+
+class PositionalCCMC(CCMC):
+    """CCMC of an attention layer with a relative position bias (ALiBi- or T5-like).
+
+    The score of position ``i`` of a prompt of length ``L`` gains ``b[L - i]`` (distance from
+    the last token, ``0`` for the query itself), so
+
+        P(y = k | prompt) ∝ exp(logits[k, q]) * sum over positions i holding k of exp(b[L - i]).
+
+    Distances beyond ``len(b) - 1`` use ``b[-1]``.  The gauge is ``b[0] = 0`` (the bias is
+    stored shifted so).  ``b = 0`` gives the plain :class:`CCMC`.
+
+    Parameters
+    ----------
+    logits : array-like of shape (K, K)
+    position_bias : array-like of shape (D + 1,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ccmc_estim import PositionalCCMC
+    >>> model = PositionalCCMC(np.zeros((2, 2)), [0.0, -np.log(2)])
+    >>> model.predict_proba([[0, 1]]).round(3)  # the older token has half the weight
+    array([[0.333, 0.667]])
+    """
+
+    def __init__(self, logits, position_bias):
+        super().__init__(logits)
+        self.position_bias = _check_bias(position_bias)
+
+    def __repr__(self):
+        return f"PositionalCCMC(n_tokens={self.n_tokens}, max_distance={self.max_distance})"
+
+    def __eq__(self, other):
+        return super().__eq__(other) and np.array_equal(self.position_bias, other.position_bias)
+
+    __hash__ = None
+
+    @property
+    def max_distance(self):
+        return self.position_bias.size - 1
+
+    def _stats(self, prompts):
+        b = self.position_bias
+        return prompt_stats(prompts, self.n_tokens, dist_weight=np.exp(b - b.max()))
+
+    @classmethod
+    def from_attention(cls, E, W_att, position_bias, C=None, atol=1e-8):
+        """Positional CCMC of a tied attention layer with an additive relative position bias.
+
+        See :meth:`CCMC.from_attention`; ``position_bias[d]`` is added to the attention score of
+        the position at distance ``d`` from the last token.
+        """
+        return cls(CCMC.from_attention(E, W_att, C, atol).logits, position_bias)
+
+    def to_attention(self, d=None, random_state=None):
+        """``(E, W_att, C, position_bias)`` of an equivalent attention layer."""
+        return (*super().to_attention(d, random_state), self.position_bias.copy())

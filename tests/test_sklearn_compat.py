@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from ccmc_estim import CCMCEstimator, make_ccmc_data
+from ccmc_estim import CCMCEstimator, PositionalCCMCEstimator, make_ccmc_data
 
 _CONTINUOUS = (
     "feeds continuous random features; prompts are integer token ids, so the data are rejected "
@@ -68,7 +68,10 @@ NOT_APPLICABLE = {
 }
 
 
-@parametrize_with_checks([CCMCEstimator()], expected_failed_checks=lambda est: NOT_APPLICABLE)
+@parametrize_with_checks(
+    [CCMCEstimator(), PositionalCCMCEstimator(max_distance=2)],
+    expected_failed_checks=lambda est: NOT_APPLICABLE,
+)
 def test_sklearn_check_estimator(estimator, check):
     check(estimator)
 
@@ -90,7 +93,13 @@ def both(request, data):
     return data if request.param == "ragged" else _array_data()
 
 
+ESTIMATORS = [CCMCEstimator, lambda **kw: PositionalCCMCEstimator(max_distance=3, **kw)]
+
+
 def test_no_work_in_init_and_params_roundtrip():
+    pos = PositionalCCMCEstimator(max_distance=4, position_bias=[0.0, -1.0], random_state=3)
+    assert vars(pos) == pos.get_params()
+    assert clone(pos).get_params() == pos.get_params()
     est = CCMCEstimator(alpha=0.3, solver="newton", n_jobs=2)
     assert vars(est) == est.get_params()
     est.set_params(alpha=2.0)
@@ -98,9 +107,10 @@ def test_no_work_in_init_and_params_roundtrip():
     assert clone(est).get_params() == est.get_params()
 
 
-def test_not_fitted(data):
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_not_fitted(make, data):
     X, y = data
-    est = CCMCEstimator()
+    est = make()
     for method in ("predict", "predict_proba", "predict_log_proba"):
         with pytest.raises(NotFittedError):
             getattr(est, method)(X)
@@ -108,55 +118,59 @@ def test_not_fitted(data):
         est.score(X, y)
 
 
-def test_fit_returns_self_idempotent_deterministic(both):
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_fit_returns_self_idempotent_deterministic(make, both):
     X, y = both
-    est = CCMCEstimator()
+    est = make()
     assert est.fit(X, y) is est
     first = est.logits_.copy()
     np.testing.assert_array_equal(est.fit(X, y).logits_, first)
-    np.testing.assert_array_equal(CCMCEstimator().fit(X, y).logits_, first)
-    assert est.get_params() == CCMCEstimator().get_params()
+    np.testing.assert_array_equal(make().fit(X, y).logits_, first)
+    assert est.get_params() == make().get_params()
 
 
-def test_inputs_not_modified_readonly_and_memmap(data):
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_inputs_not_modified_readonly_and_memmap(make, data):
     X, y = data
     X_ro = [np.array(p) for p in X]
     for p in X_ro:
         p.setflags(write=False)
     y_ro = np.array(y)
     y_ro.setflags(write=False)
-    ref = CCMCEstimator().fit(X, y)
-    np.testing.assert_array_equal(CCMCEstimator().fit(X_ro, y_ro).logits_, ref.logits_)
+    ref = make().fit(X, y)
+    np.testing.assert_array_equal(make().fit(X_ro, y_ro).logits_, ref.logits_)
     X2, y2 = _array_data()
     with tempfile.TemporaryDirectory() as tmp:
         joblib.dump((X2, y2), f"{tmp}/d.joblib")
         Xm, ym = joblib.load(f"{tmp}/d.joblib", mmap_mode="r")
         assert isinstance(Xm, np.memmap)
         np.testing.assert_array_equal(
-            CCMCEstimator().fit(Xm, ym).logits_, CCMCEstimator().fit(X2, y2).logits_
+            make().fit(Xm, ym).logits_, make().fit(X2, y2).logits_
         )
         np.testing.assert_array_equal(Xm, X2)
 
 
-def test_pickle_and_joblib(both, tmp_path):
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_pickle_and_joblib(make, both, tmp_path):
     X, y = both
-    est = CCMCEstimator().fit(X, y)
+    est = make().fit(X, y)
     again = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(again.predict_proba(X), est.predict_proba(X))
     joblib.dump(est, tmp_path / "est.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "est.joblib").predict(X), est.predict(X))
 
 
-def test_pipeline_cross_val_and_grid_search(both):
+@pytest.mark.parametrize("make", ESTIMATORS)
+def test_pipeline_cross_val_and_grid_search(make, both):
     X, y = both
-    pipe = Pipeline([("identity", FunctionTransformer(None)), ("ccmc", CCMCEstimator())])
+    pipe = Pipeline([("identity", FunctionTransformer(None)), ("ccmc", make())])
     pipe.fit(X, y)
-    assert pipe.score(X, y) == CCMCEstimator().fit(X, y).score(X, y)
+    assert pipe.score(X, y) == make().fit(X, y).score(X, y)
     cv = KFold(3, shuffle=True, random_state=0)
-    scores = cross_val_score(CCMCEstimator(n_tokens=6), X, y, cv=cv)
+    scores = cross_val_score(make(n_tokens=6), X, y, cv=cv)
     assert scores.shape == (3,) and np.isfinite(scores).all() and (scores < 0).all()
-    ll = cross_val_score(CCMCEstimator(n_tokens=6), X, y, cv=cv, scoring="neg_log_loss")
+    ll = cross_val_score(make(n_tokens=6), X, y, cv=cv, scoring="neg_log_loss")
     np.testing.assert_allclose(ll, scores, rtol=1e-6)
-    grid = GridSearchCV(CCMCEstimator(n_tokens=6), {"alpha": [1e-2, 1.0, 1e4]}, cv=cv).fit(X, y)
+    grid = GridSearchCV(make(n_tokens=6), {"alpha": [1e-2, 1.0, 1e4]}, cv=cv).fit(X, y)
     assert grid.best_params_["alpha"] in (1e-2, 1.0)  # a huge penalty flattens the logits
     assert grid.best_estimator_.logits_.shape == (6, 6)

@@ -1,0 +1,85 @@
+"""Recover an ALiBi-like position bias, and see how recency bias changes generation.
+
+Left: the bias b[d] = -slope * d learned by PositionalCCMCEstimator from simulated data of
+growing size, against the truth.  Right: winner-takes-all from one prompt in which every token
+is self-dominant (each can win) and token 0 fills half the prompt.  Without a position bias the
+prompt's counts keep their weight forever and token 0 usually wins; with a recency bias old
+tokens fade, the prompt is forgotten within a few steps, and the tokens generated first decide.
+
+Run: python examples/position_bias.py  (writes docs/figures/position_bias.png)
+"""
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ccmc_estim import (
+    CCMC,
+    CCMCEstimator,
+    PositionalCCMC,
+    PositionalCCMCEstimator,
+    generate,
+)
+from ccmc_estim.diagnostics import likelihood_ratio_test
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "figures" / "position_bias.png"
+rng = np.random.default_rng(0)
+K, D, slope = 8, 10, 0.3
+bias = -slope * np.arange(D + 1)
+W = rng.standard_normal((K, K))
+truth = PositionalCCMC(W, bias)
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+ax = axes[0]
+ax.plot(np.arange(D + 1), bias, "k--", lw=2, label="truth  b[d] = -0.3 d")
+for n in (1_000, 10_000, 100_000):
+    X = rng.integers(0, K, size=(n, 16))
+    y = truth.sample(X, random_state=n)
+    t0 = time.perf_counter()
+    est = PositionalCCMCEstimator(max_distance=D, alpha=1e-2).fit(X, y)
+    t_pos = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plain = CCMCEstimator(alpha=1e-2).fit(X, y)
+    t_plain = time.perf_counter() - t0
+    stat, df, p = likelihood_ratio_test(est, plain)
+    err_b = np.sqrt(np.mean((est.position_bias_ - bias) ** 2))
+    err_w = np.sqrt(np.mean((est.logits_ - (W - W.mean(0))) ** 2))
+    err_plain = np.sqrt(np.mean((plain.logits_ - (W - W.mean(0))) ** 2))
+    print(f"n={n:>7}: bias RMSE {err_b:.4f}, logits RMSE {err_w:.4f} (plain CCMC {err_plain:.4f}); "
+          f"fit {t_pos:.2f} s vs plain {t_plain:.3f} s; LR {stat:.1f} on {df} df, p={p:.1e}")
+    ax.plot(np.arange(D + 1), est.position_bias_, "o-", label=f"fitted, n={n}")
+ax.set_xlabel("distance from the last token d")
+ax.set_ylabel("position bias b[d]")
+ax.set_title("recovering an ALiBi-like bias")
+ax.legend()
+
+ax = axes[1]
+Wg = rng.standard_normal((K, K))
+Wg[np.diag_indices(K)] = Wg.max(axis=0) + 0.5  # every token self-dominant: a winner each
+prompt = np.array([0] * 8 + list(range(1, K)) + [3])  # token 0 holds half the prompt
+width = 0.4
+for i, (model, label) in enumerate(((CCMC(Wg), "no position bias"),
+                                    (PositionalCCMC(Wg, -0.5 * np.arange(30)),
+                                     "recency bias b[d] = -0.5 d"))):
+    winners = []
+    for seed in range(200):
+        traj = generate(model, prompt, 3_000, random_state=seed)
+        winners.append(np.bincount(traj[-500:], minlength=K).argmax())
+    freq = np.bincount(winners, minlength=K) / 200
+    ax.bar(np.arange(K) + (i - 0.5) * width, freq, width, label=label)
+    print(f"{label}: final winner is the prompt's majority token 0 in {freq[0]:.0%} of 200 runs, "
+          f"the prompt's last token 3 in {freq[3]:.0%}")
+ax.set_xlabel("token that wins (most frequent in the last 500 of 3,000 generated)")
+ax.set_ylabel("share of 200 runs")
+ax.set_title("who wins: the prompt's majority, or its last tokens?\n"
+             "(recency bias: the prompt fades, recent tokens decide)")
+ax.legend()
+fig.tight_layout()
+OUT.parent.mkdir(parents=True, exist_ok=True)
+fig.savefig(OUT, dpi=110)
+print(f"saved {OUT}")
