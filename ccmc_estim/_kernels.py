@@ -254,71 +254,79 @@ def column_hess_diag(indptr, local, weight, prob, out):
 
 # --------------------------------------------------------------------------- graphs
 @njit(cache=True)
-def union_find_components(n, src, dst):
-    """Connected-component labels (0, 1, ... in order of first node) of an undirected graph."""
-    parent = np.arange(n)
-    for e in range(src.size):
-        a = src[e]
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        b = dst[e]
-        while parent[b] != b:
-            parent[b] = parent[parent[b]]
-            b = parent[b]
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
+def _find(parent, v):
+    while parent[v] != v:
+        parent[v] = parent[parent[v]]  # path halving
+        v = parent[v]
+    return v
+
+
+@njit(cache=True)
+def _union(parent, a, b):
+    ra = _find(parent, a)
+    rb = _find(parent, b)
+    if ra != rb:
+        parent[max(ra, rb)] = min(ra, rb)
+
+
+@njit(cache=True)
+def _component_labels(parent):
+    """Labels 0, 1, ... (in order of each component's first node) and their number."""
+    n = parent.size
     labels = np.empty(n, np.int64)
     root_label = np.full(n, -1, np.int64)
     count = 0
     for v in range(n):
-        r = v
-        while parent[r] != r:
-            r = parent[r]
+        r = _find(parent, v)
         if root_label[r] < 0:
             root_label[r] = count
             count += 1
         labels[v] = root_label[r]
-    return labels
+    return labels, count
 
 
 @njit(cache=True)
-def reachable(n, src, dst, roots):
-    """Nodes reachable from ``roots`` along the arcs ``src -> dst``."""
-    start = np.zeros(n + 1, np.int64)
+def union_find_components(n, src, dst):
+    """Connected-component labels (0, 1, ... in order of first node) of an undirected graph."""
+    parent = np.arange(n)
     for e in range(src.size):
-        start[src[e] + 1] += 1
-    for v in range(n):
-        start[v + 1] += start[v]
-    fill = start[:-1].copy()
-    adj = np.empty(src.size, np.int64)
-    for e in range(src.size):
-        adj[fill[src[e]]] = dst[e]
-        fill[src[e]] += 1
-    seen = np.zeros(n, np.bool_)
-    stack = np.empty(n, np.int64)
-    top = 0
-    for r in roots:
-        if not seen[r]:
-            seen[r] = True
-            stack[top] = r
-            top += 1
-    while top > 0:
-        top -= 1
-        v = stack[top]
-        for k in range(start[v], start[v + 1]):
-            w = adj[k]
-            if not seen[w]:
-                seen[w] = True
-                stack[top] = w
-                top += 1
-    return seen
+        _union(parent, src[e], dst[e])
+    return _component_labels(parent)[0]
 
 
 # --------------------------------------------------------------------------- generation
+@njit(cache=True)
+def _log_space_weights(logits, q, support, counts, w):
+    """``w[s] = counts[k] exp(logits[k, q])`` for ``k = support[s]``, scaled by the largest
+    term so nothing overflows or underflows to all zeros; returns their sum."""
+    mx = -np.inf
+    for s in range(support.size):
+        k = support[s]
+        if counts[k] > 0:
+            mx = max(mx, logits[k, q] + np.log(counts[k]))
+    tot = 0.0
+    for s in range(support.size):
+        k = support[s]
+        w[s] = np.exp(logits[k, q] + np.log(counts[k]) - mx) if counts[k] > 0 else 0.0
+        tot += w[s]
+    return tot
+
+
+@njit(cache=True)
+def _pick(w, threshold):
+    """Inverse CDF: the first index whose cumulative weight exceeds ``threshold`` (the last
+    positive one, should rounding leave the threshold above the total)."""
+    c = 0.0
+    pick = -1
+    for s in range(w.size):
+        if w[s] > 0:
+            pick = s
+            c += w[s]
+            if threshold < c:
+                break
+    return pick
+
+
 @njit(cache=True)
 def generate_tokens(logits, support, context, window, u, out):
     """Autoregressive CCMC generation with incremental counts.
@@ -355,26 +363,8 @@ def generate_tokens(logits, support, context, window, u, out):
             w[s] = v
             tot += v
         if tot < 1e-250:  # every present token underflowed: redo this step in log space
-            mx = -np.inf
-            for s in range(S):
-                k = support[s]
-                if m[k] > 0:
-                    mx = max(mx, logits[k, q] + np.log(m[k]))
-            tot = 0.0
-            for s in range(S):
-                k = support[s]
-                w[s] = np.exp(logits[k, q] + np.log(m[k]) - mx) if m[k] > 0 else 0.0
-                tot += w[s]
-        thr = u[t] * tot
-        c = 0.0
-        pick = -1
-        for s in range(S):
-            if w[s] > 0:
-                pick = s  # the last positive one, should rounding leave thr >= c
-                c += w[s]
-                if thr < c:
-                    break
-        y = support[pick]
+            tot = _log_space_weights(logits, q, support, m, w)
+        y = support[_pick(w, u[t] * tot)]
         out[t] = y
         m[y] += 1.0
         if window > 0:
@@ -491,25 +481,97 @@ def generate_positional(logits, b, support, context, window, u, out):
             wk[support[s]] = old[support[s]] * expb[B - 1]
         for p in range(hi, n):
             wk[seq[p]] += expb[n - 1 - p]
-        mx = -np.inf
-        for s in range(S):
-            k = support[s]
-            if wk[k] > 0:
-                mx = max(mx, logits[k, q] + np.log(wk[k]))
-        tot = 0.0
-        for s in range(S):
-            k = support[s]
-            w[s] = np.exp(logits[k, q] + np.log(wk[k]) - mx) if wk[k] > 0 else 0.0
-            tot += w[s]
-        thr = u[t] * tot
-        c = 0.0
-        pick = -1
-        for s in range(S):
-            if w[s] > 0:
-                pick = s
-                c += w[s]
-                if thr < c:
-                    break
-        y = support[pick]
+        tot = _log_space_weights(logits, q, support, wk, w)
+        y = support[_pick(w, u[t] * tot)]
         out[t] = y
         seq[n] = y
+
+
+@njit(cache=True)
+def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
+    """Per-column graph diagnostics, one column at a time (memory of the largest column).
+
+    Returns, per parameter: ``label`` (connected component of the co-occurrence graph within its
+    column, tokens joined when they share a prompt), ``n_prompts`` (prompts of the column holding
+    it) and ``chosen`` (emitted at least once against another token); per column:
+    ``n_components`` and ``strong`` (the "chosen over" graph, an arc ``j -> y`` whenever ``y``
+    was emitted from a prompt holding ``j``, is strongly connected).  ``y_entry`` may be empty
+    (no outputs): ``chosen`` and ``strong`` are then all False.
+    """
+    K = col_ptr.size - 1
+    n_params = id_ptr[K]
+    label = np.zeros(n_params, np.int32)
+    n_prompts = np.zeros(n_params, np.int64)
+    chosen = np.zeros(n_params, np.bool_)
+    n_components = np.zeros(K, np.int64)
+    strong = np.zeros(K, np.bool_)
+    has_y = y_entry.size > 0
+    for q in range(K):
+        a = col_ptr[q]
+        b = col_ptr[q + 1]
+        n = id_ptr[q + 1] - id_ptr[q]
+        if a == b or n == 0:
+            continue
+        base = id_ptr[q]
+        parent = np.arange(n)
+        out_deg = np.zeros(n + 1, np.int64)
+        in_deg = np.zeros(n + 1, np.int64)
+        root = -1
+        for i in range(a, b):
+            first = local[indptr[i]]
+            last = local[indptr[i + 1] - 1]
+            for j in range(indptr[i], indptr[i + 1]):
+                v = local[j]
+                n_prompts[base + v] += 1
+                _union(parent, first, v)  # a star per prompt: the same components as a clique
+            root = last  # the query itself: the last token is q in every prompt
+            if has_y:
+                y = local[y_entry[i]]
+                for j in range(indptr[i], indptr[i + 1]):
+                    if local[j] != y:
+                        out_deg[local[j] + 1] += 1
+                        in_deg[y + 1] += 1
+                        chosen[base + y] = True
+        labels, n_components[q] = _component_labels(parent)
+        label[base : base + n] = labels
+        if not has_y:
+            continue
+        for v in range(n):
+            out_deg[v + 1] += out_deg[v]
+            in_deg[v + 1] += in_deg[v]
+        fwd = np.empty(out_deg[n], np.int32)
+        bwd = np.empty(in_deg[n], np.int32)
+        fo = out_deg[:-1].copy()
+        fi = in_deg[:-1].copy()
+        for i in range(a, b):
+            y = local[y_entry[i]]
+            for j in range(indptr[i], indptr[i + 1]):
+                v = local[j]
+                if v != y:
+                    fwd[fo[v]] = y
+                    fo[v] += 1
+                    bwd[fi[y]] = v
+                    fi[y] += 1
+        ok = True
+        for direction in range(2):
+            start = out_deg if direction == 0 else in_deg
+            adj = fwd if direction == 0 else bwd
+            seen = np.zeros(n, np.bool_)
+            stack = np.empty(n, np.int64)
+            seen[root] = True
+            stack[0] = root
+            top = 1
+            reached = 1
+            while top > 0:
+                top -= 1
+                v = stack[top]
+                for k in range(start[v], start[v + 1]):
+                    w = adj[k]
+                    if not seen[w]:
+                        seen[w] = True
+                        reached += 1
+                        stack[top] = w
+                        top += 1
+            ok = ok and reached == n
+        strong[q] = ok
+    return label, n_prompts, chosen, n_components, strong

@@ -204,18 +204,16 @@ class PromptStats:
         """Entry index of every output in its prompt, -1 where the output is absent."""
         return _kernels.output_entries(self.indptr, self.tokens, outputs)
 
-    def take(self, idx, return_index=False):
-        """Statistics of the prompts ``idx`` (in that order), and optionally the source entry
-        of each of their entries."""
+    def take(self, idx):
+        """Statistics of the prompts ``idx`` (in that order)."""
         idx = np.asarray(idx, np.int64)
         lengths = np.diff(self.indptr)[idx]
         indptr = np.zeros(idx.size + 1, np.int64)
         np.cumsum(lengths, out=indptr[1:])
         src = np.repeat(self.indptr[idx] - indptr[:-1], lengths) + np.arange(indptr[-1])
-        out = PromptStats(
+        return PromptStats(
             self.n_tokens, indptr, self.tokens[src], self.counts[src], self.query[idx]
         )
-        return (out, src) if return_index else out
 
 
 def validate_prompts(prompts, n_tokens=None):
@@ -347,7 +345,7 @@ class ColumnData:
     weight: np.ndarray
     id_ptr: np.ndarray
     id_tokens: np.ndarray
-    entry_index: np.ndarray  # entry of the source statistics behind each entry here
+    entry_index: np.ndarray | None  # entry of the source statistics behind each entry
 
     @property
     def n_params(self):
@@ -372,40 +370,51 @@ class ColumnData:
         return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
 
 
-def column_data(stats, outputs=None, weight=None):
+def column_data(stats, outputs=None, weight=None, keep_index=False):
     """Group prompts with positive weight by query and index each column's identified tokens.
 
-    Without ``outputs`` the result describes the prompts only (``y_entry`` is None).
+    Without ``outputs`` the result describes the prompts only (``y_entry`` is None).  With
+    ``keep_index`` it records, for each entry, its entry in ``stats`` (to refresh ``logc`` for
+    new position weights).
     """
     weight = np.ones(stats.n_prompts) if weight is None else weight
     order, _ = stats.by_query
     order = order[weight[order] > 0]
-    sub, entry_index = stats.take(order, return_index=True)
     K = stats.n_tokens
+    lengths = np.diff(stats.indptr)[order]
+    indptr = np.zeros(order.size + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    src = np.repeat(stats.indptr[order] - indptr[:-1], lengths)
+    src += np.arange(indptr[-1])
+    tokens = stats.tokens[src]
+    with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is log 0 = -inf
+        logc = np.log(stats.counts[src])
+    query = stats.query[order]
     col_ptr = np.zeros(K + 1, np.int64)
-    np.cumsum(np.bincount(sub.query, minlength=K), out=col_ptr[1:])
-    q_entry = np.repeat(sub.query, np.diff(sub.indptr))
+    np.cumsum(np.bincount(query, minlength=K), out=col_ptr[1:])
+    q_entry = np.repeat(query, lengths)
     mask = np.zeros((K, K), bool)
-    mask[sub.tokens, q_entry] = True
+    mask[tokens, q_entry] = True
     # Rank of each identified token within its column, in token order.
-    rank = np.cumsum(mask, axis=0, dtype=np.int64) - 1
-    local = rank[sub.tokens, q_entry].astype(np.int32)
+    rank = np.cumsum(mask, axis=0, dtype=np.int32) - 1
+    local = rank[tokens, q_entry]
+    del tokens, q_entry, rank
     id_ptr = np.zeros(K + 1, np.int64)
     np.cumsum(mask.sum(axis=0), out=id_ptr[1:])
     _, id_tokens = np.nonzero(mask.T)
     y_entry = None
     if outputs is not None:
         entries = check_outputs_in_prompts(stats, outputs)
-        y_entry = entries[order] - stats.indptr[order] + sub.indptr[:-1]
+        y_entry = entries[order] - stats.indptr[order] + indptr[:-1]
     return ColumnData(
         n_tokens=K,
         col_ptr=col_ptr,
-        indptr=sub.indptr,
+        indptr=indptr,
         local=local,
-        logc=sub.logc,
+        logc=logc,
         y_entry=y_entry,
         weight=np.ascontiguousarray(weight[order]),
         id_ptr=id_ptr,
         id_tokens=id_tokens.astype(np.int32),
-        entry_index=entry_index,
+        entry_index=src if keep_index else None,
     )

@@ -7,7 +7,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
 
-from ._kernels import reachable, union_find_components
+from ._kernels import column_graphs, union_find_components
 from ._stats import check_outputs, column_data, prompt_stats
 
 
@@ -56,21 +56,9 @@ def _entry_params(cd):
     return (cd.id_ptr[col][row] + cd.local).astype(np.int64), row
 
 
-def _split_by_column(cd, labels):
-    """Number of distinct labels per column, and column -> token groups where there are several.
-
-    Labels never span two columns (no edge or arc crosses columns).
-    """
-    n_labels = int(labels.max()) + 1 if labels.size else 0
-    label_col = np.zeros(n_labels, np.int64)
-    label_col[labels] = cd.id_query
-    counts = np.bincount(label_col, minlength=cd.n_tokens) * (np.diff(cd.id_ptr) > 0)
-    groups = {}
-    for q in np.flatnonzero(counts > 1):
-        lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
-        toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
-        groups[int(q)] = [toks[lab == g] for g in np.unique(lab)]
-    return counts, groups
+def _column_graphs(cd):
+    y_entry = cd.y_entry if cd.y_entry is not None else np.zeros(0, np.int64)
+    return column_graphs(cd.col_ptr, cd.indptr, cd.local, y_entry, cd.id_ptr)
 
 
 def _by_column(cd, mask):
@@ -83,7 +71,17 @@ def _by_column(cd, mask):
     return dict(zip(cols.tolist(), toks, strict=True))
 
 
-def mle_existence(cd, dominant=True, entry_params=None):
+def _groups(cd, labels, cols):
+    """Column -> token groups sharing a label, for the columns ``cols``."""
+    out = {}
+    for q in cols:
+        lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
+        toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
+        out[int(q)] = [toks[lab == g] for g in np.unique(lab)]
+    return out
+
+
+def mle_existence(cd, dominant=True, graphs=None):
     """Whether each column's finite MLE exists (``alpha=0``), its never-chosen tokens and its
     always-winning groups.
 
@@ -101,43 +99,30 @@ def mle_existence(cd, dominant=True, entry_params=None):
         Column -> list of token groups that no outsider ever beat (sink strongly connected
         components), for columns whose MLE does not exist; None unless ``dominant``.
     """
-    param, row = _entry_params(cd) if entry_params is None else entry_params
-    y_param = param[cd.y_entry][row]
-    keep = param != y_param
-    src, dst = param[keep], y_param[keep]
+    _, _, chosen, _, strong = _column_graphs(cd) if graphs is None else graphs
     sizes = np.diff(cd.id_ptr)
-    queried = sizes > 0
-    # The query token is in every prompt of its column: use it as the root of both searches.
-    qs = np.flatnonzero(queried)
-    roots = _query_params(cd, qs)
-    both = reachable(cd.n_params, src, dst, roots) & reachable(cd.n_params, dst, src, roots)
-    exists = np.zeros(cd.n_tokens, bool)
-    if qs.size:
-        exists[qs] = np.minimum.reduceat(both, cd.id_ptr[qs]).astype(bool)
-    chosen = np.zeros(cd.n_params, bool)
-    chosen[dst] = True
+    exists = strong & (sizes > 0)
     never_chosen = _by_column(cd, ~chosen & (sizes[cd.id_query] > 1))
     if not dominant:
         return exists, never_chosen, None
+    failing = np.flatnonzero((sizes > 0) & ~exists)
+    if not failing.size:
+        return exists, never_chosen, {}
+    param, row = _entry_params(cd)
+    y_param = param[cd.y_entry][row]
+    keep = (param != y_param) & np.isin(cd.id_query[param], failing)
+    src, dst = param[keep], y_param[keep]
     labels = graph_components(cd.n_params, src, dst, strong=True)
     # Sink components: no arc leaves them (no outsider ever beat a member).
-    leaves = np.zeros(labels.max() + 1 if labels.size else 0, bool)
+    leaves = np.zeros(labels.max() + 1, bool)
     cross = labels[src] != labels[dst]
     leaves[labels[src][cross]] = True
     groups = {}
-    for q in np.flatnonzero(queried & ~exists):
+    for q in failing:
         lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
         toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
-        groups[int(q)] = [toks[lab == g] for g in np.unique(lab[~leaves[lab]])]
+        groups[int(q)] = [toks[lab == g] for g in np.unique(lab) if not leaves[g]]
     return exists, never_chosen, groups
-
-
-def _query_params(cd, cols):
-    """Parameter index of the query token itself in each of the columns ``cols``."""
-    return cd.id_ptr[cols] + np.array(
-        [np.searchsorted(cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]], q) for q in cols],
-        dtype=np.int64,
-    )
 
 
 # --------------------------------------------------------------------------- report
@@ -243,30 +228,24 @@ class IdentifiabilityReport:
 
 def _report_from_columns(cd, with_outputs, dominant=True):
     K = cd.n_tokens
-    param, row = _entry_params(cd)
-    # Co-occurrence graph: a star from each prompt's first entry reaches the same components as
-    # the clique of the prompt, with one edge per entry.
-    first = param[cd.indptr[:-1]][row]
-    labels = graph_components(cd.n_params, first, param)
+    graphs = _column_graphs(cd)
+    labels, per_param, _, n_components, _ = graphs
     sizes = np.diff(cd.id_ptr)
-    queried = sizes > 0
-    n_components, components = _split_by_column(cd, labels)
-    cooc = np.bincount(
-        cd.id_tokens[param].astype(np.int64) * K + cd.id_query[param], minlength=K * K
-    ).reshape(K, K)
+    cooc = np.zeros((K, K), np.int64)
+    cooc[cd.id_tokens, cd.id_query] = per_param
     report = IdentifiabilityReport(
         n_tokens=K,
         n_prompts=np.diff(cd.col_ptr),
-        queried=queried,
+        queried=sizes > 0,
         cooccurrence=cooc,
         identified=cd.identified_mask(),
         n_components=n_components,
-        components=components,
+        components=_groups(cd, labels, np.flatnonzero(n_components > 1)),
         n_free_params=int(sizes.sum() - n_components.sum()),
     )
     if with_outputs:
         report.mle_exists, report.never_chosen, report.dominant = mle_existence(
-            cd, dominant, (param, row)
+            cd, dominant, graphs
         )
     return report
 

@@ -243,7 +243,9 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         t0 = time.perf_counter()
         _, _, stats, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         cd = column_data(stats, outputs, weight)
-        if self.warm_start and getattr(self, "n_tokens_", None) == stats.n_tokens:
+        n_prompts = stats.n_prompts
+        del stats  # the column layout holds all the fit needs; free the memory
+        if self.warm_start and getattr(self, "n_tokens_", None) == cd.n_tokens:
             theta = cd.from_matrix(self.logits_)
         else:
             theta = np.zeros(cd.n_params)
@@ -251,7 +253,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         self._store(cd, theta, solution, weight)
         if self.verbose:
             print(
-                f"{type(self).__name__}: {stats.n_prompts} prompts, {cd.n_params} identified "
+                f"{type(self).__name__}: {n_prompts} prompts, {cd.n_params} identified "
                 f"logits, max {int(self.n_iter_.max())} iterations, objective "
                 f"{self.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
             )
@@ -552,7 +554,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
         flat, indptr, stats, outputs, weight = self._training_data(
             prompts, outputs, sample_weight
         )
-        cd0 = column_data(stats, outputs, weight)
+        cd0 = column_data(stats, outputs, weight, keep_index=True)
         K = stats.n_tokens
 
         def logits_step(b, theta):
