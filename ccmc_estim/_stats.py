@@ -42,7 +42,7 @@ def _check_integral(values, what):
     return values.astype(np.int64)
 
 
-def _flatten_prompts(prompts):
+def flatten_prompts(prompts):
     """Flat int64 tokens and int64 ``indptr`` of a 2-D array or a sequence of 1-D sequences."""
     if issparse(prompts):
         raise TypeError(
@@ -204,21 +204,11 @@ class PromptStats:
         """Entry index of every output in its prompt, -1 where the output is absent."""
         return _kernels.output_entries(self.indptr, self.tokens, outputs)
 
-    def take(self, idx):
-        """Statistics of the prompts ``idx`` (in that order)."""
-        idx = np.asarray(idx, np.int64)
-        lengths = np.diff(self.indptr)[idx]
-        indptr = np.zeros(idx.size + 1, np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        src = np.repeat(self.indptr[idx] - indptr[:-1], lengths) + np.arange(indptr[-1])
-        return PromptStats(
-            self.n_tokens, indptr, self.tokens[src], self.counts[src], self.query[idx]
-        )
 
 
 def validate_prompts(prompts, n_tokens=None):
     """Flat tokens, ``indptr`` and vocabulary size of valid prompts (see :func:`prompt_stats`)."""
-    flat, indptr = _flatten_prompts(prompts)
+    flat, indptr = flatten_prompts(prompts)
     if flat.min() < 0:
         i, t = _locate(flat, indptr, int(np.argmin(flat)))
         raise ValueError(f"prompt {i} has a negative token {flat.min()} at position {t}.")

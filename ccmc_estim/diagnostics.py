@@ -226,7 +226,7 @@ class IdentifiabilityReport:
         return self.summary()
 
 
-def _report_from_columns(cd, with_outputs, dominant=True):
+def report_from_columns(cd, with_outputs, dominant=True):
     K = cd.n_tokens
     graphs = _column_graphs(cd)
     labels, per_param, _, n_components, _ = graphs
@@ -279,7 +279,7 @@ def identifiability_report(prompts, outputs=None, *, n_tokens=None):
     stats = prompt_stats(prompts, n_tokens)
     if outputs is not None:
         outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
-    return _report_from_columns(column_data(stats, outputs), outputs is not None)
+    return report_from_columns(column_data(stats, outputs), outputs is not None)
 
 
 # --------------------------------------------------------------------------- uncertainty

@@ -26,9 +26,9 @@ from ._stats import (
 )
 from .diagnostics import (
     IdentifiabilityWarning,
-    _report_from_columns,
     centred_covariance,
     normal_quantile,
+    report_from_columns,
     softmax_jacobian,
 )
 from .model import CCMC, PositionalCCMC
@@ -263,7 +263,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         """Check a solution and set the fitted attributes from it."""
         objective, n_iter, status, self._information = solution
         # Sink components (always-winning groups) only matter for the alpha=0 warning.
-        report = _report_from_columns(cd, with_outputs=True, dominant=self.alpha == 0)
+        report = report_from_columns(cd, with_outputs=True, dominant=self.alpha == 0)
         self._check_solution(report, status)
         self._uncertainty_cache = None
         # A learned bias is penalised like the logits; a fixed one is not a parameter.

@@ -6,7 +6,7 @@ from numbers import Integral
 import numpy as np
 
 from . import _kernels
-from ._stats import PromptStats, _flatten_prompts, check_n_tokens, check_random_state
+from ._stats import PromptStats, check_n_tokens, check_random_state, flatten_prompts
 from .model import CCMC, PositionalCCMC, stationary
 
 
@@ -39,7 +39,7 @@ def _check_prompt(prompt, n_tokens, what="prompt"):
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}.")
     if arr.size == 0:
         raise ValueError(f"{what} is empty: generation needs at least one token.")
-    flat, _ = _flatten_prompts([arr])
+    flat, _ = flatten_prompts([arr])
     bad = np.flatnonzero((flat < 0) | (flat >= n_tokens))
     if bad.size:
         raise ValueError(
@@ -122,7 +122,7 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     ndarray of int64, shape (n, n_steps)
     """
     model = _check_model(model)
-    flat, indptr = _flatten_prompts(prompts)
+    flat, indptr = flatten_prompts(prompts)
     n_steps = _check_steps(n_steps)
     window = _check_window(window)
     u = check_random_state(random_state).random((indptr.size - 1, n_steps))

@@ -6,7 +6,7 @@ import numpy as np
 from scipy.special import softmax
 
 from . import _kernels
-from ._stats import _flatten_prompts, check_outputs, check_random_state, prompt_stats
+from ._stats import check_outputs, check_random_state, flatten_prompts, prompt_stats
 
 
 def stationary(P):
@@ -275,7 +275,7 @@ def attention_forward(E, W_att, C, prompts, position_bias=None):
     E = np.asarray(E, dtype=np.float64)
     W_att = np.asarray(W_att, dtype=np.float64)
     C = np.asarray(C, dtype=np.float64)
-    flat, indptr = _flatten_prompts(prompts)
+    flat, indptr = flatten_prompts(prompts)
     if flat.min() < 0 or flat.max() >= E.shape[0]:
         raise ValueError(f"prompts hold tokens outside 0..{E.shape[0] - 1}, the rows of E.")
     bias = np.zeros(1) if position_bias is None else np.asarray(position_bias, np.float64)

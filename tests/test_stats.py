@@ -55,13 +55,13 @@ def test_permuting_non_last_tokens_keeps_statistics(rng):
     _same(prompt_stats([p]), prompt_stats([q]))
 
 
-def test_take_and_column_data(rng):
+def test_column_data(rng):
     prompts = rng.integers(0, 5, size=(30, 6))
     outputs = prompts[np.arange(30), rng.integers(0, 6, size=30)]
     s = prompt_stats(prompts)
-    sub = s.take([3, 1])
-    _same(sub, prompt_stats(prompts[[3, 1]], n_tokens=s.n_tokens))
-    cd = column_data(s, outputs, np.ones(30))
+    cd = column_data(s, outputs, np.ones(30), keep_index=True)
+    # The layout is the statistics' entries regrouped by query.
+    np.testing.assert_array_equal(cd.logc, np.log(s.counts[cd.entry_index]))
     # Every prompt of column q has query q, and y_entry points at its output's local index.
     for q in range(5):
         for i in range(cd.col_ptr[q], cd.col_ptr[q + 1]):
