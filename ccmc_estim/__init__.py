@@ -8,6 +8,7 @@ from .diagnostics import (
     ModelComparison,
     compare_models,
     identifiability_report,
+    likelihood_ratio_test,
 )
 from .estimator import CCMCEstimator, PositionalCCMCEstimator
 from .generation import (
@@ -44,6 +45,7 @@ __all__ = [
     "generate_batch",
     "identifiability_report",
     "learn_from_trajectory",
+    "likelihood_ratio_test",
     "make_ccmc_data",
     "prompts_from_sequences",
     "trajectory_pairs",

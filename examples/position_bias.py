@@ -24,8 +24,8 @@ from ccmc_estim import (
     PositionalCCMC,
     PositionalCCMCEstimator,
     generate,
+    likelihood_ratio_test,
 )
-from ccmc_estim.diagnostics import likelihood_ratio_test
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "figures" / "position_bias.png"
 rng = np.random.default_rng(0)

@@ -10,8 +10,8 @@ from ccmc_estim import (
     PositionalCCMCEstimator,
     attention_forward,
     generate,
+    likelihood_ratio_test,
 )
-from ccmc_estim.diagnostics import likelihood_ratio_test
 
 
 def _brute_force(E, W_att, C, bias, prompt):
