@@ -6,7 +6,12 @@ from numbers import Integral
 import numpy as np
 
 from . import _kernels
-from ._stats import PromptStats, check_n_tokens, check_random_state, flatten_prompts
+from ._stats import (
+    PromptStats,
+    check_n_tokens,
+    check_random_state,
+    validate_prompts,
+)
 from .model import CCMC, PositionalCCMC, stationary
 
 
@@ -37,15 +42,10 @@ def _check_prompt(prompt, n_tokens, what="prompt"):
     arr = np.asarray(prompt)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}.")
-    if arr.size == 0:
-        raise ValueError(f"{what} is empty: generation needs at least one token.")
-    flat, _ = flatten_prompts([arr])
-    bad = np.flatnonzero((flat < 0) | (flat >= n_tokens))
-    if bad.size:
-        raise ValueError(
-            f"{what} has token {flat[bad[0]]} at position {bad[0]}, outside the model's "
-            f"vocabulary 0..{n_tokens - 1}."
-        )
+    try:
+        flat, _, _ = validate_prompts([arr], n_tokens)
+    except ValueError as exc:  # name the argument rather than "prompt 0"
+        raise ValueError(str(exc).replace("prompt 0", what, 1)) from None
     return flat
 
 
@@ -122,14 +122,13 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     ndarray of int64, shape (n, n_steps)
     """
     model = _check_model(model)
-    flat, indptr = flatten_prompts(prompts)
+    flat, indptr, _ = validate_prompts(prompts, model.n_tokens)
     n_steps = _check_steps(n_steps)
     window = _check_window(window)
     u = check_random_state(random_state).random((indptr.size - 1, n_steps))
     out = np.empty((indptr.size - 1, n_steps), np.int64)
     for i in range(indptr.size - 1):
-        p = _check_prompt(flat[indptr[i] : indptr[i + 1]], model.n_tokens, f"prompt {i}")
-        _run(model, p, window, u[i], out[i])
+        _run(model, flat[indptr[i] : indptr[i + 1]], window, u[i], out[i])
     return out
 
 
