@@ -31,7 +31,7 @@ from .diagnostics import (
     report_from_columns,
     softmax_jacobian,
 )
-from .model import CCMC, PositionalCCMC
+from .model import CCMC, PositionalCCMC, check_position_bias
 
 _SOLVERS = ("auto", "newton", "newton-cg")
 
@@ -563,9 +563,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
             return cd, self._solve(cd, theta)
 
         if self.position_bias is not None:
-            from .model import _check_bias
-
-            b = _check_bias(self.position_bias).copy()
+            b = check_position_bias(self.position_bias).copy()
             theta = np.zeros(cd0.n_params)
             cd, solution = logits_step(b, theta)
             self.objective_path_ = np.array([solution[0].sum()])

@@ -288,7 +288,7 @@ def attention_forward(E, W_att, C, prompts, position_bias=None):
     return np.array(out)
 
 
-def _check_bias(position_bias):
+def check_position_bias(position_bias):
     b = np.array(position_bias, dtype=np.float64).reshape(-1)
     if b.size == 0 or not np.isfinite(b).all():
         raise ValueError("position_bias must be a non-empty 1-D array of finite numbers.")
@@ -324,7 +324,7 @@ class PositionalCCMC(CCMC):
 
     def __init__(self, logits, position_bias):
         super().__init__(logits)
-        self.position_bias = _check_bias(position_bias)
+        self.position_bias = check_position_bias(position_bias)
 
     def __repr__(self):
         return f"PositionalCCMC(n_tokens={self.n_tokens}, max_distance={self.max_distance})"
