@@ -292,6 +292,11 @@ def check_position_bias(position_bias):
     b = np.array(position_bias, dtype=np.float64).reshape(-1)
     if b.size == 0 or not np.isfinite(b).all():
         raise ValueError("position_bias must be a non-empty 1-D array of finite numbers.")
+    if np.ptp(b) > 700:
+        # Position weights are exp(b - max b): a spread beyond 700 underflows to zero weight.
+        raise ValueError(
+            f"position_bias spans {np.ptp(b):.4g} (max - min); at most 700 is supported."
+        )
     b -= b[0]  # gauge: only differences between distances matter
     b.setflags(write=False)
     return b

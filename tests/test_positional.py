@@ -158,6 +158,12 @@ def test_positional_generation_matches_reference():
 def test_positional_validation():
     with pytest.raises(ValueError, match="position_bias"):
         PositionalCCMC(np.zeros((2, 2)), [])
+    with pytest.raises(ValueError, match="spans 800"):
+        PositionalCCMC(np.zeros((2, 2)), [0.0, 800.0])
+    # The widest supported bias still gives finite probabilities for a one-token prompt.
+    with np.errstate(over="raise", invalid="raise"):
+        P = PositionalCCMC(np.zeros((2, 2)), [0.0, 700.0]).predict_proba([[1], [0, 1]])
+    np.testing.assert_allclose(P, [[0.0, 1.0], [1.0, np.exp(-700.0)]], rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="max_distance"):
         PositionalCCMCEstimator(max_distance=-1).fit([[0, 1]], [1])
     with pytest.raises(ValueError, match="n_restarts"):
