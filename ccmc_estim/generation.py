@@ -354,14 +354,10 @@ def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngra
     >>> float(prof.leading_share[-1]), int(prof.distinct_in_window[-1])
     (0.8, 1)
     """
-    traj = _check_prompt(trajectory, np.iinfo(np.int64).max, "trajectory")
-    base = (np.zeros(0, np.int64) if prompt is None
-            else _check_prompt(prompt, np.iinfo(np.int64).max))
-    K = int(max(traj.max(), base.max() if base.size else 0)) + 1
-    if n_tokens is not None:
-        K = check_n_tokens(n_tokens)
-        if max(traj.max(), base.max() if base.size else 0) >= K:
-            raise ValueError(f"trajectory or prompt hold tokens outside 0..{K - 1}.")
+    limit = np.iinfo(np.int64).max if n_tokens is None else check_n_tokens(n_tokens)
+    traj = _check_prompt(trajectory, limit, "trajectory")
+    base = np.zeros(0, np.int64) if prompt is None else _check_prompt(prompt, limit)
+    K = int(max(traj.max(), base.max() if base.size else 0)) + 1 if n_tokens is None else limit
     for name, v in (("window", window), ("ngram", ngram), ("n_points", n_points)):
         if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")
@@ -536,8 +532,7 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
         diff_true = truth - np.diag(truth)[None, :]
         err = (diff_est - diff_true) ** 2
         ident = est.identified_ & ~np.eye(K, dtype=bool)
-        avail = np.zeros((K, K), np.int64)
-        np.add.at(avail, (stats.tokens, np.repeat(stats.query, np.diff(stats.indptr))), 1)
+        avail = est.identifiability_.cooccurrence  # prompts of column q that hold token k
         block = ident & in_block
         rest = ident & ~in_block
         w_err.append(np.sqrt(err[block].mean()) if block.any() else np.nan)

@@ -178,3 +178,11 @@ def test_learning_from_one_trajectory():
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call(CCMC(np.zeros((3, 3))))
+
+
+def test_collapse_profile_vocabulary_check():
+    with pytest.raises(ValueError, match="trajectory has token 3"):
+        collapse_profile([0, 1, 3], n_tokens=3)
+    with pytest.raises(ValueError, match="prompt has token 5"):
+        collapse_profile([0, 1], prompt=[5, 0], n_tokens=3)
+    assert collapse_profile([0, 1], n_tokens=3).leading_share.size == 2
