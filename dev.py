@@ -1,4 +1,6 @@
-"""Set up a virtual environment when needed, then run a task: ``python3 dev.py demo|test|bench``.
+"""Set up a virtual environment when needed, then run a task: ``python3 dev.py TASK [args...]``.
+
+Tasks: ``demo``, ``test``, ``bench``, ``docs`` (the documentation site, in docs/_build/html).
 
 Needs only Python >= 3.11 with pip.  The environment lives in ``.venv`` and is reinstalled when
 ``pyproject.toml`` changes.
@@ -15,7 +17,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
-EXTRAS = {"demo": "", "test": "[test]", "bench": "[test,bench]"}
+EXTRAS = {"demo": "", "test": "[test]", "bench": "[test,bench]", "docs": "[docs]"}
+DOCS = ROOT / "docs"
 
 
 def ensure_env(extras):
@@ -42,6 +45,9 @@ def main(argv):
         cmd = [BIN / "ccmc-estim", "demo", *rest]
     elif task == "test":
         cmd = [PY, "-m", "pytest", *rest]
+    elif task == "docs":  # offline; warnings are errors; output in docs/_build/html/index.html
+        cmd = [PY, "-m", "sphinx", "-W", "--keep-going", "-E", "-b", "html",
+               DOCS, DOCS / "_build" / "html", *rest]
     else:
         cmd = [PY, ROOT / "benchmarks" / "bench_fit.py", *rest]
     return subprocess.run(cmd, cwd=ROOT).returncode

@@ -130,7 +130,7 @@ def numpy_newton(cd, alpha, tol=1e-10, max_iter=100):
                 t *= 0.5
             th, f, g, p = th + t * d, f_new, g_new, p_new
         theta[cd.id_ptr[q] : cd.id_ptr[q + 1]] = th
-    return cd.to_matrix(theta)
+    return cd.to_dense(theta)
 
 
 def torch_fit(prompts, outputs, identified, method, ref_obj):
@@ -208,14 +208,15 @@ def statsmodels_fit(identified, cd):
     model = PenalizedConditionalLogit(endog, exog, groups=groups, offset=cd.logc,
                                       penal=L2(), pen_weight=ALPHA / 2)
     res = model.fit(method="bfgs", maxiter=10_000, gtol=1e-8, disp=False)
-    return cd.to_matrix(np.asarray(res.params))
+    return cd.to_dense(np.asarray(res.params))
 
 
 # --------------------------------------------------------------------------- one run
 def run_one(method, workload, repeats):
     from ccmc_estim import CCMCEstimator
+    from ccmc_estim._columns import build_columns
     from ccmc_estim._solvers import solve_columns
-    from ccmc_estim._stats import column_data, prompt_stats
+    from ccmc_estim._stats import validate_prompts
 
     prompts, outputs, _ = make_data(workload)
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -229,15 +230,15 @@ def run_one(method, workload, repeats):
             times.append(time.perf_counter() - t0)
             logits, identified = est.logits_, est.identified_
             continue
-        stats = prompt_stats(prompts)
-        cd = column_data(stats, outputs, np.ones(len(outputs)))
+        flat, indptr, K = validate_prompts(prompts)
+        cd = build_columns(flat, indptr, K, np.asarray(outputs), np.ones(len(outputs)))
         identified = ref.identified_
         t0 = time.perf_counter()
         if method == "ccmc_estim (solve)":
             theta = np.zeros(cd.n_params)
             solve_columns(cd, theta, alpha=ALPHA, tol=1e-6, max_iter=100, solver="auto",
                           n_jobs=os.cpu_count())
-            logits = cd.to_matrix(theta)
+            logits = cd.to_dense(theta)
         elif method == "numpy newton":
             logits = numpy_newton(cd, ALPHA)
         elif method.startswith("torch"):

@@ -1,7 +1,9 @@
 """ccmc_estim: estimation of context-conditioned Markov chains, the exact model of one-layer
 self-attention with a tied output head."""
 
-from .datasets import Vocabulary, make_ccmc_data, prompts_from_sequences
+from ._stats import in_prompt
+from .attention import attention_forward
+from .datasets import Vocabulary, load_python_tokens, make_ccmc_data, prompts_from_sequences
 from .diagnostics import (
     IdentifiabilityReport,
     IdentifiabilityWarning,
@@ -22,7 +24,7 @@ from .generation import (
     trajectory_pairs,
     winner_analysis,
 )
-from .model import CCMC, PositionalCCMC, attention_forward
+from .model import CCMC, PositionalCCMC
 
 __version__ = "0.1.0"
 
@@ -44,8 +46,10 @@ __all__ = [
     "generate",
     "generate_batch",
     "identifiability_report",
+    "in_prompt",
     "learn_from_trajectory",
     "likelihood_ratio_test",
+    "load_python_tokens",
     "make_ccmc_data",
     "prompts_from_sequences",
     "trajectory_pairs",

@@ -14,10 +14,36 @@ from numba import njit
 _NOGIL = {"cache": True, "nogil": True}
 
 
+# --------------------------------------------------------------------------- log-sum-exp
+@njit(cache=True, nogil=True)
+def logsumexp_inplace(z, a, b, normalise):
+    """``log sum exp z[a:b]``, stable for any finite scores (the only log-sum-exp here).
+
+    With ``normalise`` the scores are overwritten by their probabilities ``exp(z - lse)``.
+    """
+    mx = -np.inf
+    for j in range(a, b):
+        if z[j] > mx:
+            mx = z[j]
+    if mx == -np.inf:
+        return mx
+    s = 0.0
+    for j in range(a, b):
+        s += np.exp(z[j] - mx)
+    lse = mx + np.log(s)
+    if normalise:
+        for j in range(a, b):
+            z[j] = np.exp(z[j] - lse)
+    return lse
+
+
 # --------------------------------------------------------------------------- statistics
-@njit(cache=True)
-def _insertion_sort(a, lo, hi):
-    """Sort ``a[lo:hi]`` in place; prompts hold few distinct tokens, where this is fastest."""
+@njit(cache=True, nogil=True)
+def _sort_small(a, lo, hi):
+    """Sort ``a[lo:hi]`` in place; prompts hold few distinct tokens, where insertion is fastest."""
+    if hi - lo > 24:
+        a[lo:hi].sort()
+        return
     for i in range(lo + 1, hi):
         v = a[i]
         j = i - 1
@@ -25,6 +51,29 @@ def _insertion_sort(a, lo, hi):
             a[j + 1] = a[j]
             j -= 1
         a[j + 1] = v
+
+
+@njit(cache=True, nogil=True)
+def _histogram(flat, a, b, stamp, mark, cnt, out, pos, dist_weight, pos_weight):
+    """Distinct tokens of ``flat[a:b]`` written sorted to ``out[pos:]``; their counts left in
+    ``cnt``: a token at distance ``d`` from the end counts ``dist_weight[min(d, len - 1)]``, or
+    ``pos_weight[j]`` at flat position ``j`` when ``pos_weight`` is not empty.  Returns the end
+    position."""
+    last = dist_weight.size - 1
+    by_pos = pos_weight.size > 0
+    start = pos
+    for j in range(a, b):
+        t = flat[j]
+        if mark[t] != stamp:
+            mark[t] = stamp
+            cnt[t] = 0.0
+            out[pos] = t
+            pos += 1
+        cnt[t] += pos_weight[j] if by_pos else dist_weight[min(b - 1 - j, last)]
+    # Sorted tokens make every sum over a prompt independent of the order of its non-last
+    # tokens, down to the last bit.
+    _sort_small(out, start, pos)
+    return pos
 
 
 @njit(cache=True)
@@ -50,28 +99,29 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
     tokens = np.empty(nd[n], np.int32)
     counts = np.empty(nd[n], np.float64)
     cnt = np.zeros(n_tokens, np.float64)
-    last = dist_weight.size - 1
     mark[:] = -1
     for i in range(n):
-        pos = nd[i]
-        end = indptr[i + 1] - 1
-        for j in range(indptr[i], indptr[i + 1]):
-            t = flat[j]
-            if mark[t] != i:
-                mark[t] = i
-                cnt[t] = 0.0
-                tokens[pos] = t
-                pos += 1
-            cnt[t] += dist_weight[min(end - j, last)]
-        # Sorted tokens make the statistics independent of the order of the non-last tokens,
-        # down to the last bit of every sum over a prompt.
-        if nd[i + 1] - nd[i] <= 24:
-            _insertion_sort(tokens, nd[i], nd[i + 1])
-        else:
-            tokens[nd[i] : nd[i + 1]].sort()
+        _histogram(flat, indptr[i], indptr[i + 1], i, mark, cnt, tokens, nd[i], dist_weight,
+                   np.empty(0))
         for j in range(nd[i], nd[i + 1]):
             counts[j] = cnt[tokens[j]]
     return nd, tokens, counts
+
+
+@njit(cache=True)
+def uncovered_outputs(flat, indptr, outputs, n_tokens):
+    """Number of outputs absent from their prompt, and the first such sample (-1 if none)."""
+    mark = np.full(n_tokens, -1, np.int64)
+    n_bad = 0
+    first = -1
+    for i in range(indptr.size - 1):
+        for j in range(indptr[i], indptr[i + 1]):
+            mark[flat[j]] = i
+        if mark[outputs[i]] != i:
+            n_bad += 1
+            if first < 0:
+                first = i
+    return n_bad, first
 
 
 @njit(cache=True)
@@ -94,28 +144,133 @@ def output_entries(indptr, tokens, outputs):
     return out
 
 
-# --------------------------------------------------------------------------- model
 @njit(cache=True)
-def entry_log_proba(logits, indptr, tokens, logc, query):
-    """Log-probability of every entry: ``logits[k, q] + log m_k - logsumexp`` over the prompt."""
+def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, pos_weight):
+    """The column-block layout of the prompts ``order`` (grouped by query, see ``col_ptr``);
+    counts as in :func:`_histogram`.
+
+    Returns ``(ent_ptr, local, logc, y_entry, id_ptr, id_tokens)``: prompt ``r`` of the layout
+    owns entries ``ent_ptr[r]:ent_ptr[r + 1]``, each the local index (rank of its token among
+    the column's identified tokens, so increasing within a prompt) and log count of a distinct
+    token; ``y_entry[r]`` is the entry holding the output (every output must be in its prompt;
+    ``outputs`` may be empty); column ``q`` identifies tokens ``id_tokens[id_ptr[q]:id_ptr[q+1]]``
+    (sorted).  Memory in proportion to the entries; nothing of size ``K^2``.
+    """
+    n = order.size
+    K = col_ptr.size - 1
+    mark = np.full(n_tokens, -1, np.int64)
+    colmark = np.full(n_tokens, -1, np.int64)
+    ent_ptr = np.empty(n + 1, np.int64)
+    ent_ptr[0] = 0
+    id_ptr = np.zeros(K + 1, np.int64)
+    for q in range(K):
+        n_id = 0
+        for r in range(col_ptr[q], col_ptr[q + 1]):
+            i = order[r]
+            d = 0
+            for j in range(indptr[i], indptr[i + 1]):
+                t = flat[j]
+                if mark[t] != r:
+                    mark[t] = r
+                    d += 1
+                    if colmark[t] != q:
+                        colmark[t] = q
+                        n_id += 1
+            ent_ptr[r + 1] = ent_ptr[r] + d
+        id_ptr[q + 1] = id_ptr[q] + n_id
+    nnz = ent_ptr[n]
+    local = np.empty(nnz, np.int32)
+    logc = np.empty(nnz, np.float64)
+    y_entry = np.full(n if outputs.size > 0 else 0, -1, np.int64)
+    id_tokens = np.empty(id_ptr[K], np.int32)
+    cnt = np.zeros(n_tokens, np.float64)
+    rank = np.zeros(n_tokens, np.int32)
+    mark[:] = -1
+    colmark[:] = -1
+    for q in range(K):
+        pos = id_ptr[q]
+        for r in range(col_ptr[q], col_ptr[q + 1]):
+            i = order[r]
+            e0 = ent_ptr[r]
+            _histogram(flat, indptr[i], indptr[i + 1], r, mark, cnt, local, e0, dist_weight,
+                       pos_weight)
+            for j in range(e0, ent_ptr[r + 1]):
+                t = local[j]
+                logc[j] = np.log(cnt[t])
+                if colmark[t] != q:
+                    colmark[t] = q
+                    id_tokens[pos] = t
+                    pos += 1
+                if outputs.size > 0 and t == outputs[i]:
+                    y_entry[r] = j
+        _sort_small(id_tokens, id_ptr[q], id_ptr[q + 1])
+        for s in range(id_ptr[q], id_ptr[q + 1]):
+            rank[id_tokens[s]] = s - id_ptr[q]
+        for j in range(ent_ptr[col_ptr[q]], ent_ptr[col_ptr[q + 1]]):
+            local[j] = rank[local[j]]
+    return ent_ptr, local, logc, y_entry, id_ptr, id_tokens
+
+
+# --------------------------------------------------------------------------- model
+@njit(cache=True, nogil=True)
+def csc_lookup(indptr, indices, data, k, q, lo):
+    """``(W[k, q], position)`` of CSC logits with sorted row indices, searching column ``q``
+    from position ``lo`` on (callers visit rows in increasing order); 0 when not stored (the
+    column centre)."""
+    hi = indptr[q + 1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if indices[mid] < k:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < indptr[q + 1] and indices[lo] == k:
+        return data[lo], lo
+    return 0.0, lo
+
+
+@njit(cache=True)
+def csc_gather(w_ptr, w_idx, w_val, id_ptr, id_tokens):
+    """Values of CSC logits at the parameters ``(id_tokens, column)`` of a column layout."""
+    out = np.empty(id_tokens.size)
+    for q in range(id_ptr.size - 1):
+        lo = w_ptr[q]
+        for s in range(id_ptr[q], id_ptr[q + 1]):
+            out[s], lo = csc_lookup(w_ptr, w_idx, w_val, id_tokens[s], q, lo)
+    return out
+
+
+@njit(cache=True)
+def entry_log_proba(w_ptr, w_idx, w_val, indptr, tokens, logc, query):
+    """Log-probability of every entry: ``W[k, q] + log m_k - logsumexp`` over the prompt, with
+    ``W`` in CSC form (missing entries 0)."""
     n = indptr.size - 1
     out = np.empty(tokens.size, np.float64)
     for i in range(n):
         q = query[i]
         a = indptr[i]
         b = indptr[i + 1]
-        mx = -np.inf
-        for j in range(a, b):
-            z = logits[tokens[j], q] + logc[j]
-            out[j] = z
-            if z > mx:
-                mx = z
-        s = 0.0
-        for j in range(a, b):
-            s += np.exp(out[j] - mx)
-        lse = mx + np.log(s)
+        lo = w_ptr[q]
+        for j in range(a, b):  # tokens are sorted within a prompt
+            v, lo = csc_lookup(w_ptr, w_idx, w_val, tokens[j], q, lo)
+            out[j] = v + logc[j]
+        lse = logsumexp_inplace(out, a, b, False)
         for j in range(a, b):
             out[j] -= lse
+    return out
+
+
+@njit(cache=True)
+def entry_argmax(logp, indptr):
+    """Entry of the largest value of each prompt (the first of ties: the smallest token)."""
+    n = indptr.size - 1
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        best = indptr[i]
+        for j in range(indptr[i] + 1, indptr[i + 1]):
+            if logp[j] > logp[best]:
+                best = j
+        out[i] = best
     return out
 
 
@@ -144,55 +299,34 @@ def sample_entries(logp, indptr, u):
 # the entry of prompt ``i`` that holds its output.
 
 
-@njit(**_NOGIL)
+@njit(cache=True, nogil=True)
+def column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob):
+    """Weighted NLL of one column; fills ``prob`` (per entry) and, when ``grad`` is not empty,
+    the gradient (per parameter)."""
+    with_grad = grad.size > 0
+    if with_grad:
+        grad[:] = 0.0
+    f = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        for j in range(s0, s1):
+            prob[j] = theta[local[j]] + logc[j]
+        yj = y_entry[i]
+        w = weight[i]
+        f += w * (logsumexp_inplace(prob, s0, s1, with_grad) - theta[local[yj]] - logc[yj])
+        if with_grad:
+            for j in range(s0, s1):
+                grad[local[j]] += w * prob[j]
+            grad[local[yj]] -= w
+    return f
+
+
+@njit(cache=True, nogil=True)
 def column_nll(theta, indptr, local, logc, y_entry, weight):
     """Weighted negative log-likelihood of one column."""
-    f = 0.0
-    for i in range(indptr.size - 1):
-        s0 = indptr[i]
-        s1 = indptr[i + 1]
-        mx = -np.inf
-        for j in range(s0, s1):
-            z = theta[local[j]] + logc[j]
-            if z > mx:
-                mx = z
-        s = 0.0
-        for j in range(s0, s1):
-            s += np.exp(theta[local[j]] + logc[j] - mx)
-        yj = y_entry[i]
-        f += weight[i] * (mx + np.log(s) - theta[local[yj]] - logc[yj])
-    return f
-
-
-@njit(**_NOGIL)
-def column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob):
-    """NLL of one column; fills ``grad`` (per parameter) and ``prob`` (per entry)."""
-    grad[:] = 0.0
-    f = 0.0
-    for i in range(indptr.size - 1):
-        s0 = indptr[i]
-        s1 = indptr[i + 1]
-        mx = -np.inf
-        for j in range(s0, s1):
-            z = theta[local[j]] + logc[j]
-            prob[j] = z
-            if z > mx:
-                mx = z
-        s = 0.0
-        for j in range(s0, s1):
-            e = np.exp(prob[j] - mx)
-            prob[j] = e
-            s += e
-        w = weight[i]
-        yj = y_entry[i]
-        f += w * (mx + np.log(s) - theta[local[yj]] - logc[yj])
-        inv = 1.0 / s
-        for j in range(s0, s1):
-            p = prob[j] * inv
-            prob[j] = p
-            grad[local[j]] += w * p
-        grad[local[yj]] -= w
-    return f
+    return column_nll_grad(theta, indptr, local, logc, y_entry, weight, np.empty(0),
+                           np.empty(local.size))
 
 
 @njit(**_NOGIL)
@@ -230,15 +364,6 @@ def column_hessp(v, indptr, local, weight, prob, out):
         for j in range(s0, s1):
             lj = local[j]
             out[lj] += w * prob[j] * (v[lj] - pv)
-
-
-@njit(**_NOGIL)
-def column_information(theta, indptr, local, logc, y_entry, weight, out):
-    """Observed information (Hessian of the NLL) of one column at ``theta``, into ``out``."""
-    prob = np.empty(local.size)
-    grad = np.empty(theta.size)
-    column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob)
-    column_hessian(indptr, local, weight, prob, out)
 
 
 @njit(**_NOGIL)
@@ -296,20 +421,14 @@ def union_find_components(n, src, dst):
 
 # --------------------------------------------------------------------------- generation
 @njit(cache=True)
-def _log_space_weights(logits, q, support, counts, w):
-    """``w[s] = counts[k] exp(logits[k, q])`` for ``k = support[s]``, scaled by the largest
-    term so nothing overflows or underflows to all zeros; returns their sum."""
-    mx = -np.inf
-    for s in range(support.size):
-        k = support[s]
-        if counts[k] > 0:
-            mx = max(mx, logits[k, q] + np.log(counts[k]))
-    tot = 0.0
-    for s in range(support.size):
-        k = support[s]
-        w[s] = np.exp(logits[k, q] + np.log(counts[k]) - mx) if counts[k] > 0 else 0.0
-        tot += w[s]
-    return tot
+def _log_space_weights(block, q, counts, w):
+    """``w[s] = counts[s] exp(block[s, q])``, scaled by the largest term so that nothing
+    overflows or underflows to all zeros; returns their sum."""
+    S = counts.size
+    for s in range(S):
+        w[s] = block[s, q] + np.log(counts[s]) if counts[s] > 0 else -np.inf
+    logsumexp_inplace(w, 0, S, True)
+    return 1.0
 
 
 @njit(cache=True)
@@ -328,43 +447,41 @@ def _pick(w, threshold):
 
 
 @njit(cache=True)
-def generate_tokens(logits, support, context, window, u, out):
-    """Autoregressive CCMC generation with incremental counts.
+def generate_tokens(block, context, window, u, out):
+    """Autoregressive CCMC generation with incremental counts, in support-local ids.
 
-    ``support`` holds the prompt's distinct tokens (the only ones that can ever appear),
-    ``context`` the prompt, ``window`` the context length (0: the context grows), ``u`` one
-    uniform per step; the generated tokens go to ``out``.
+    ``block[s, r]`` holds the logits among the prompt's distinct tokens (the only ones that can
+    ever appear), ``context`` the prompt in local ids, ``window`` the context length (0: the
+    context grows), ``u`` one uniform per step; the generated local ids go to ``out``.
     """
-    K = logits.shape[0]
+    S = block.shape[0]
     # exp of column-centred logits: no overflow, and one multiplication per token per step.
-    expw = np.empty((K, K))
-    for q in range(K):
-        mx = logits[:, q].max()
-        for k in range(K):
-            expw[k, q] = np.exp(logits[k, q] - mx)
+    expw = np.empty((S, S))
+    for q in range(S):
+        mx = block[:, q].max()
+        for k in range(S):
+            expw[k, q] = np.exp(block[k, q] - mx)
     L = context.size
     keep = L if window == 0 or window > L else window
-    m = np.zeros(K)
-    ring = np.empty(max(window, 1), np.int64)
+    m = np.zeros(S)
+    ring = np.empty(max(min(window, L + u.size), 1), np.int64)
     for i in range(L - keep, L):
         m[context[i]] += 1.0
         if window > 0:
             ring[i - (L - keep)] = context[i]
     ring_len = keep
     head = 0
-    S = support.size
     w = np.empty(S)
     q = context[L - 1]
     for t in range(u.size):
         tot = 0.0
         for s in range(S):
-            k = support[s]
-            v = m[k] * expw[k, q]
+            v = m[s] * expw[s, q]
             w[s] = v
             tot += v
         if tot < 1e-250:  # every present token underflowed: redo this step in log space
-            tot = _log_space_weights(logits, q, support, m, w)
-        y = support[_pick(w, u[t] * tot)]
+            tot = _log_space_weights(block, q, m, w)
+        y = _pick(w, u[t] * tot)
         out[t] = y
         m[y] += 1.0
         if window > 0:
@@ -411,58 +528,61 @@ def prefix_counts(seq, start, support, window):
 
 # --------------------------------------------------------------------------- position bias
 @njit(cache=True)
-def bias_loglik(flat, indptr, query, outputs, weight, logits, b, grad):
-    """Log-likelihood in the relative bias ``b`` with the logits fixed, and its gradient
+def bias_loglik(flat, indptr, query, outputs, weight, w_ptr, w_idx, w_val, b, grad):
+    """Log-likelihood in the relative bias ``b`` with the logits (CSC) fixed, and its gradient
     ``sum_i w_i (R_i - P_i)``: ``R_i`` is the posterior over the attended distance bucket among
     the positions holding the output, ``P_i`` the attention mass per bucket."""
     n = indptr.size - 1
     B = b.size
     grad[:] = 0.0
-    P = np.empty(B)
-    R = np.empty(B)
+    L = 0
+    for i in range(n):
+        L = max(L, indptr[i + 1] - indptr[i])
+    z = np.empty(L)
+    zy = np.empty(L)
     f = 0.0
     for i in range(n):
         q = query[i]
         y = outputs[i]
+        a = indptr[i]
         end = indptr[i + 1] - 1
-        mx = -np.inf
-        for j in range(indptr[i], indptr[i + 1]):
-            mx = max(mx, logits[flat[j], q] + b[min(end - j, B - 1)])
-        P[:] = 0.0
-        R[:] = 0.0
-        s = 0.0
-        sy = 0.0
-        for j in range(indptr[i], indptr[i + 1]):
-            d = min(end - j, B - 1)
-            e = np.exp(logits[flat[j], q] + b[d] - mx)
-            P[d] += e
-            s += e
+        ny = 0
+        for j in range(a, indptr[i + 1]):
+            v = csc_lookup(w_ptr, w_idx, w_val, flat[j], q, w_ptr[q])[0]
+            z[j - a] = v + b[min(end - j, B - 1)]
             if flat[j] == y:
-                R[d] += e
-                sy += e
+                zy[ny] = z[j - a]
+                ny += 1
+        lse = logsumexp_inplace(z, 0, end + 1 - a, True)
+        lse_y = logsumexp_inplace(zy, 0, ny, True)
         w = weight[i]
-        f += w * (np.log(sy) - np.log(s))
-        for d in range(B):
-            grad[d] += w * (R[d] / sy - P[d] / s)
+        f += w * (lse_y - lse)
+        ny = 0
+        for j in range(a, indptr[i + 1]):
+            d = min(end - j, B - 1)
+            grad[d] -= w * z[j - a]
+            if flat[j] == y:
+                grad[d] += w * zy[ny]
+                ny += 1
     return f
 
 
 @njit(cache=True)
-def generate_positional(logits, b, support, context, window, u, out):
+def generate_positional(block, b, context, window, u, out):
     """Generation from a CCMC with a relative position bias ``b`` (``b[-1]`` for all larger
-    distances): tokens at distance ``>= len(b) - 1`` share one weight and are counted
-    incrementally; the more recent ones are summed explicitly, ``O(len(b) + support)`` a step."""
-    K = logits.shape[0]
+    distances), in support-local ids as :func:`generate_tokens`: tokens at distance
+    ``>= len(b) - 1`` share one weight and are counted incrementally; the more recent ones are
+    summed explicitly, ``O(len(b) + support)`` a step."""
+    S = block.shape[0]
     B = b.size
     expb = np.exp(b - b.max())
     L = context.size
     seq = np.empty(L + u.size, np.int64)
     seq[:L] = context
-    old = np.zeros(K)  # counts of the positions rlo..rhi-1 (the context's old part)
+    old = np.zeros(S)  # counts of the positions rlo..rhi-1 (the context's old part)
     rlo = 0 if window == 0 else max(0, L - window)
     rhi = rlo
-    S = support.size
-    wk = np.zeros(K)
+    wk = np.zeros(S)
     w = np.empty(S)
     for t in range(u.size):
         n = L + t  # the context is seq[lo:n]
@@ -478,11 +598,11 @@ def generate_positional(logits, b, support, context, window, u, out):
             rhi += 1
         q = seq[n - 1]
         for s in range(S):
-            wk[support[s]] = old[support[s]] * expb[B - 1]
+            wk[s] = old[s] * expb[B - 1]
         for p in range(hi, n):
             wk[seq[p]] += expb[n - 1 - p]
-        tot = _log_space_weights(logits, q, support, wk, w)
-        y = support[_pick(w, u[t] * tot)]
+        tot = _log_space_weights(block, q, wk, w)
+        y = _pick(w, u[t] * tot)
         out[t] = y
         seq[n] = y
 

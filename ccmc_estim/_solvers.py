@@ -13,6 +13,7 @@ runs it, so the result does not depend on ``n_jobs``.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -21,7 +22,6 @@ from ._kernels import (
     column_hess_diag,
     column_hessian,
     column_hessp,
-    column_information,
     column_nll,
     column_nll_grad,
 )
@@ -30,6 +30,9 @@ from ._kernels import (
 #: (a dense Hessian would cost O(n^2) memory and O(n^3) time per iteration); smaller ones use
 #: whichever of the two is cheaper per iteration by an operation count.
 DENSE_MAX = 300
+
+#: Most entries of dense column information kept after a fit (8 bytes each).
+INFO_BUDGET = 20_000_000
 
 # Status codes of a column solve.
 MAX_ITER, CONVERGED, NO_DECREASE = 0, 1, 2
@@ -157,25 +160,36 @@ def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_it
 
 
 @njit(cache=True, nogil=True)
-def _solve_chunk(cols, col_ptr, indptr, local, logc, y_entry, weight, id_ptr, theta, use_cg,
-                 alpha, tol, max_iter, objective, n_iter, status, info_offsets, info):
+def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag):
+    """Solve the columns ``cols`` of a layout in place; per column, record the objective,
+    iterations and status in ``out`` and the observed information at the solution (dense
+    where ``info_offsets[q] >= 0``, its diagonal always)."""
+    alpha, tol, max_iter = settings
+    objective, n_iter, status = out
     for q in cols:
-        a = col_ptr[q]
-        b = col_ptr[q + 1]
-        e0 = indptr[a]
-        e1 = indptr[b]
-        th = theta[id_ptr[q] : id_ptr[q + 1]]
-        ip = indptr[a : b + 1] - e0
-        f, it, st = solve_column(th, ip, local[e0:e1], logc[e0:e1], y_entry[a:b] - e0,
-                                 weight[a:b], alpha, tol, max_iter, use_cg[q])
+        a = lay.col_ptr[q]
+        b = lay.col_ptr[q + 1]
+        e0 = lay.indptr[a]
+        e1 = lay.indptr[b]
+        p0 = lay.id_ptr[q]
+        p1 = lay.id_ptr[q + 1]
+        th = theta[p0:p1]
+        ip = lay.indptr[a : b + 1] - e0
+        local = lay.local[e0:e1]
+        logc = lay.logc[e0:e1]
+        y = lay.y_entry[a:b] - e0
+        w = lay.weight[a:b]
+        f, it, st = solve_column(th, ip, local, logc, y, w, alpha, tol, max_iter, use_cg[q])
         objective[q] = f
         n_iter[q] = it
         status[q] = st
+        n = p1 - p0
+        prob = np.empty(local.size)
+        column_nll_grad(th, ip, local, logc, y, w, np.empty(n), prob)
+        column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
         o = info_offsets[q]
         if o >= 0:
-            n = th.size
-            column_information(th, ip, local[e0:e1], logc[e0:e1], y_entry[a:b] - e0,
-                               weight[a:b], info[o : o + n * n].reshape((n, n)))
+            column_hessian(ip, local, w, prob, info[o : o + n * n].reshape((n, n)))
 
 
 def _balanced_chunks(cols, cost, n_chunks):
@@ -189,28 +203,43 @@ def _balanced_chunks(cols, cost, n_chunks):
     return [np.array(sorted(b), np.int64) for b in bins if b]
 
 
-def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0):
-    """Solve every column of a :class:`~ccmc_estim._stats.ColumnData` in place.
+@dataclass(eq=False)
+class ColumnSolution:
+    """What the per-column solver returns (arrays of shape ``(K,)`` unless noted).
+
+    ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``; ``information`` holds, per
+    column, the dense observed information at the solution (None for columns above
+    ``info_max`` identified logits or beyond the memory budget); ``information_diag`` its
+    diagonal for every parameter, shape ``(n_params,)``.
+    """
+
+    objective: np.ndarray
+    n_iter: np.ndarray
+    status: np.ndarray
+    information: list
+    information_diag: np.ndarray
+
+
+def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0):
+    """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
     ----------
-    cd : ColumnData
-    theta : ndarray of float64, shape (cd.n_params,)
+    problem : ColumnProblem
+    theta : ndarray of float64, shape (problem.n_params,)
         Starting point, overwritten with the solution.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
     info_max : int
-        Also compute the observed information (Hessian of the NLL at the solution) of the
-        columns with at most this many identified logits.
+        Keep the dense observed information of the columns with at most this many
+        identified logits (within ``INFO_BUDGET`` entries in all).
 
     Returns
     -------
-    objective, n_iter, status : ndarray of shape (K,)
-        Per column; ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``.
-    information : list
-        Per column, the ``(n_q, n_q)`` information matrix, or None.
+    ColumnSolution
     """
+    cd = problem
     K = cd.n_tokens
     sizes = np.diff(cd.id_ptr).astype(np.float64)
     nnz = np.diff(cd.indptr[cd.col_ptr]).astype(np.float64)
@@ -232,11 +261,15 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0
     n_id = np.diff(cd.id_ptr)
     want = (n_id > 0) & (n_id <= info_max)
     blocks = np.where(want, n_id**2, 0)
+    # Columns beyond the budget get only the diagonal (see the estimators' logits_se_).
+    want &= np.cumsum(blocks) <= INFO_BUDGET
+    blocks = np.where(want, blocks, 0)
     info_offsets = np.where(want, np.cumsum(blocks) - blocks, -1)
     info = np.empty(int(blocks.sum()))
-    args = (cd.col_ptr, cd.indptr, cd.local, cd.logc, cd.y_entry, cd.weight, cd.id_ptr, theta,
-            use_cg, float(alpha), float(tol), int(max_iter), objective, n_iter, status,
-            info_offsets, info)
+    info_diag = np.empty(cd.n_params)
+    settings = (float(alpha), float(tol), int(max_iter))
+    out = (objective, n_iter, status)
+    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag)
     chunks = _balanced_chunks(cols, cost, max(1, min(n_jobs, cols.size)))
     if len(chunks) <= 1:
         for chunk in chunks:
@@ -246,4 +279,4 @@ def solve_columns(cd, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0
             list(pool.map(lambda c: _solve_chunk(c, *args), chunks))
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
-    return objective, n_iter, status, information
+    return ColumnSolution(objective, n_iter, status, information, info_diag)

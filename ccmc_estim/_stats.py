@@ -5,25 +5,34 @@ last token) and the histogram of its tokens, stored as CSR-like flat arrays; eve
 models, the estimators, the diagnostics) reads these arrays.
 """
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from numbers import Integral
 
 import numpy as np
 from scipy.sparse import issparse
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+
+__all__ = ["Interval", "StrOptions", "number", "validate_params"]
 
 from . import _kernels
 
 _PLAIN = np.ones(1)  # every position counts once
+_MAX_TOKENS = 2**31 - 1  # token ids are int32 in every compiled kernel
+# Bytes of the arrays of length K that a fit, a prediction or a generation allocates (column
+# pointers, marks, scratch counts, per-column results): checked before allocating them.
+_BYTES_PER_TOKEN = 128
 
 
 def _check_integral(values, what):
-    """Return ``values`` as int64, raising a clear error for NaN, non-integers and booleans."""
+    """``values`` as an integer array (int64 when converted), raising a clear error for NaN,
+    non-integers, complex numbers and booleans."""
     values = np.asarray(values)
     if values.dtype == bool:
         raise TypeError(f"{what} must hold integer token ids, got booleans.")
     if values.dtype.kind in "iu":
-        return values.astype(np.int64, copy=False)
+        return values
     if values.dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {what} must hold integer token ids.")
     if values.dtype.kind != "f":
@@ -39,7 +48,28 @@ def _check_integral(values, what):
             f"{what} contains a non-integer token {values[idx]} at index {idx} (Unknown label "
             "type: continuous values; token ids must be integers)."
         )
+    if np.abs(values).max(initial=0) > _MAX_TOKENS:
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(np.abs(values)), values.shape))
+        raise ValueError(f"{what} contains token {values[idx]:g} at index {idx}, beyond the "
+                         f"largest supported id {_MAX_TOKENS}.")
     return values.astype(np.int64)
+
+
+class _Number(Interval):
+    """An :class:`~sklearn.utils._param_validation.Interval` that refuses booleans (``True``
+    is an ``Integral`` to Python, never a sensible count or tolerance)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
+def number(kind, left, right, closed="both"):
+    """Declarative constraint of a numeric parameter (no NaN, no infinity, no booleans)."""
+    return _Number(kind, left, right, closed=closed)
+
+
+def _has_bool(seq):
+    return any(isinstance(x, (bool, np.bool_)) for x in seq)
 
 
 def flatten_prompts(prompts):
@@ -81,17 +111,13 @@ def flatten_prompts(prompts):
     seqs = list(prompts)
     if not seqs:
         raise ValueError("prompts is empty: at least one prompt is required.")
-    try:  # fast path: flat 1-D numeric prompts; anything else gets the checks below
+    # Fast path: integer arrays, one per prompt; anything else gets the checks below.
+    if all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype.kind in "iu" for p in seqs):
         lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
-        flat = np.concatenate(seqs)
-        fast = flat.ndim == 1 and flat.size == lengths.sum() and flat.dtype.kind in "iuf"
-    except (TypeError, ValueError):
-        fast = False
-    if fast and lengths.min() > 0:
-        indptr = np.zeros(len(seqs) + 1, np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        if flat.dtype.kind in "iu":
-            return flat.astype(np.int64, copy=False), indptr
+        if lengths.min() > 0:
+            indptr = np.zeros(len(seqs) + 1, np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            return np.concatenate(seqs), indptr
     parts = []
     for i, p in enumerate(seqs):
         if not isinstance(p, np.ndarray):
@@ -99,8 +125,17 @@ def flatten_prompts(prompts):
                 raise ValueError(
                     f"prompt {i} is a scalar ({p!r}); each prompt must be a 1-D sequence of tokens."
                 )
+            if isinstance(p, (list, tuple)) and _has_bool(p):
+                raise TypeError(f"prompt {i} holds booleans; tokens must be integer ids.")
             try:
                 p = np.asarray(p)
+            except ValueError:
+                raise ValueError(f"prompt {i} is ragged: it must be a flat 1-D sequence.") from None
+        if p.dtype == object and p.ndim == 1:
+            if _has_bool(p):
+                raise TypeError(f"prompt {i} holds booleans; tokens must be integer ids.")
+            try:  # an object array of numbers, e.g. a row of an object-dtype 2-D array
+                p = np.array(p.tolist())
             except ValueError:
                 raise ValueError(f"prompt {i} is ragged: it must be a flat 1-D sequence.") from None
         if p.ndim != 1 or p.dtype == object:
@@ -113,14 +148,12 @@ def flatten_prompts(prompts):
     lengths = np.fromiter((a.size for a in parts), np.int64, len(parts))
     indptr = np.zeros(len(parts) + 1, np.int64)
     np.cumsum(lengths, out=indptr[1:])
-    flat = np.concatenate(parts)
-    try:
-        flat = _check_integral(flat, "prompts")
-    except (TypeError, ValueError) as exc:
-        # Name the prompt: re-check the offending one on its own.
-        for i, p in enumerate(parts):
-            _check_integral(p, f"prompt {i}")
-        raise exc
+    for i, p in enumerate(parts):  # name the prompt that is wrong
+        if p.dtype.kind not in "iu":
+            parts[i] = _check_integral(p, f"prompt {i}")
+    kinds = {p.dtype.kind for p in parts}
+    flat = np.concatenate(parts) if len(kinds) == 1 else np.concatenate(
+        [p.astype(np.int64) for p in parts])
     return flat, indptr
 
 
@@ -147,9 +180,29 @@ def check_random_state(random_state):
     )
 
 
-def check_n_tokens(n_tokens):
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, Integral) or n_tokens < 1:
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a large machine
+        return 1 << 40
+
+
+def check_n_tokens(n_tokens, cause=None):
+    """A vocabulary size whose per-token arrays fit this machine, checked before anything of
+    that size is allocated; ``cause`` says where an inferred size came from."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, Integral):
+        raise TypeError(f"n_tokens must be a positive integer, got {n_tokens!r}.")
+    if n_tokens < 1:
         raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}.")
+    need = int(n_tokens) * _BYTES_PER_TOKEN
+    if n_tokens > _MAX_TOKENS or need > _physical_memory() // 2:
+        why = f"{cause}, so the vocabulary" if cause else f"with n_tokens={n_tokens} the vocabulary"
+        raise ValueError(
+            f"{why} would have {int(n_tokens):,} tokens: its per-token arrays alone need about "
+            f"{need / 2**30:.3g} GiB (at most {_MAX_TOKENS:,} tokens and half of this machine's "
+            "memory are supported). Token ids must be compact, 0..K-1: map sparse ids or "
+            "strings to ids with ccmc_estim.Vocabulary."
+        )
     return int(n_tokens)
 
 
@@ -207,14 +260,17 @@ class PromptStats:
 
 
 def validate_prompts(prompts, n_tokens=None):
-    """Flat tokens, ``indptr`` and vocabulary size of valid prompts (see :func:`prompt_stats`)."""
+    """Flat int32 tokens, int64 ``indptr`` and vocabulary size of valid prompts."""
     flat, indptr = flatten_prompts(prompts)
-    if flat.min() < 0:
+    low = int(flat.min())
+    if low < 0:
         i, t = _locate(flat, indptr, int(np.argmin(flat)))
-        raise ValueError(f"prompt {i} has a negative token {flat.min()} at position {t}.")
+        raise ValueError(f"prompt {i} has a negative token {low} at position {t}.")
     top = int(flat.max())
     if n_tokens is None:
-        n_tokens = top + 1
+        i, t = _locate(flat, indptr, int(np.argmax(flat)))
+        n_tokens = check_n_tokens(top + 1, f"the largest token id is {top} (prompt {i}, "
+                                            f"position {t})")
     else:
         n_tokens = check_n_tokens(n_tokens)
         if top >= n_tokens:
@@ -223,7 +279,7 @@ def validate_prompts(prompts, n_tokens=None):
                 f"prompt {i} has token {top} at position {t}, outside the vocabulary "
                 f"0..{n_tokens - 1} (n_tokens={n_tokens})."
             )
-    return flat, indptr, n_tokens
+    return flat.astype(np.int32, copy=False), indptr, n_tokens
 
 
 def stats_from_flat(flat, indptr, n_tokens, dist_weight=_PLAIN):
@@ -257,7 +313,8 @@ def prompt_stats(prompts, n_tokens=None, dist_weight=_PLAIN):
 
 
 def check_outputs(outputs, n_prompts, n_tokens):
-    """Validate next-token outputs: 1-D integers in ``0..n_tokens-1``, one per prompt."""
+    """Validate next-token outputs: 1-D int64 in ``0..n_tokens-1`` (any supported id when
+    ``n_tokens`` is None), one per prompt."""
     if outputs is None:
         raise ValueError(
             "this estimator requires y to be passed, but the target y is None: pass the "
@@ -265,18 +322,22 @@ def check_outputs(outputs, n_prompts, n_tokens):
         )
     if isinstance(outputs, (str, bytes)) or np.isscalar(outputs):
         raise TypeError(f"outputs must be a 1-D integer array, got {type(outputs).__name__}.")
+    if isinstance(outputs, (list, tuple)) and _has_bool(outputs):
+        raise TypeError("outputs hold booleans; they must be integer token ids.")
     try:
         arr = np.asarray(outputs)
     except ValueError:
         raise ValueError("outputs must be a flat 1-D integer array; it is ragged.") from None
     if arr.ndim != 1:
         raise ValueError(f"outputs must be 1-D, got shape {arr.shape}.")
-    arr = _check_integral(arr, "outputs")
+    arr = _check_integral(arr, "outputs").astype(np.int64, copy=False)
     if arr.size != n_prompts:
         raise ValueError(
             f"got {n_prompts} prompts but {arr.size} outputs; there must be one output per prompt."
         )
     if arr.size:
+        if n_tokens is None:
+            n_tokens = _MAX_TOKENS
         bad = np.flatnonzero((arr < 0) | (arr >= n_tokens))
         if bad.size:
             raise ValueError(
@@ -287,12 +348,15 @@ def check_outputs(outputs, n_prompts, n_tokens):
 
 
 def check_sample_weight(sample_weight, n_prompts):
-    """Non-negative, finite float64 weights, ones when None."""
+    """Non-negative, finite float64 weights (a scalar applies to every sample), ones when None."""
     if sample_weight is None:
         return np.ones(n_prompts)
-    w = np.asarray(sample_weight, dtype=np.float64)
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf" or w.dtype == bool:
+        raise TypeError(f"sample_weight must hold real numbers, got dtype {w.dtype}.")
+    w = w.astype(np.float64)
     if w.ndim == 0:
-        return np.full(n_prompts, float(w))
+        w = np.full(n_prompts, float(w))
     if w.shape != (n_prompts,):
         raise ValueError(f"sample_weight has shape {w.shape}, expected ({n_prompts},).")
     bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
@@ -300,111 +364,44 @@ def check_sample_weight(sample_weight, n_prompts):
         raise ValueError(
             f"sample_weight must be finite and non-negative; sample {bad[0]} has {w[bad[0]]}."
         )
+    if n_prompts and not w.any():
+        raise ValueError("sample_weight is zero for every sample: nothing to fit or score.")
     return w
 
 
-def check_outputs_in_prompts(stats, outputs):
-    """Entry of every output in its prompt; a ValueError names the first output that is absent."""
-    entries = stats.output_entries(outputs)
-    missing = np.flatnonzero(entries < 0)
-    if missing.size:
-        i = missing[0]
+def check_covered(flat, indptr, outputs, n_tokens):
+    """Raise a ValueError naming the first output that does not occur in its prompt."""
+    n_bad, i = _kernels.uncovered_outputs(flat, indptr, outputs, n_tokens)
+    if n_bad:
         raise ValueError(
             f"output {outputs[i]} of sample {i} does not occur in its prompt, so the CCMC gives it "
-            f"probability zero ({missing.size} sample(s) are like this). A CCMC can only emit "
-            "tokens present in the prompt."
+            f"probability zero ({n_bad} of {outputs.size} sample(s) are like this). A CCMC can "
+            "only copy tokens of its prompt: fit ccmc_estim.MixtureCCMCEstimator, which also "
+            "generates tokens, or keep only the covered pairs: "
+            "keep = ccmc_estim.in_prompt(prompts, outputs)."
         )
-    return entries
 
 
-@dataclass(frozen=True, eq=False)
-class ColumnData:
-    """Per-column estimation problems (THEORY.md section 3): prompts grouped by query.
+def in_prompt(prompts, outputs):
+    """Whether each output occurs in its prompt (the pairs a pure CCMC can explain).
 
-    Column ``q`` owns prompts ``col_ptr[q]:col_ptr[q + 1]`` of the reordered layout and the
-    parameters ``id_ptr[q]:id_ptr[q + 1]`` of the flat parameter vector, which are the logits of
-    tokens ``id_tokens[id_ptr[q]:id_ptr[q + 1]]`` (the identified entries of the column).
+    Parameters
+    ----------
+    prompts : array-like of shape (n, L) or sequence of 1-D sequences
+    outputs : array-like of shape (n,)
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+
+    Examples
+    --------
+    >>> from ccmc_estim import in_prompt
+    >>> in_prompt([[0, 1], [1, 2]], [1, 0]).tolist()
+    [True, False]
     """
-
-    n_tokens: int
-    col_ptr: np.ndarray
-    indptr: np.ndarray
-    local: np.ndarray
-    logc: np.ndarray
-    y_entry: np.ndarray
-    weight: np.ndarray
-    id_ptr: np.ndarray
-    id_tokens: np.ndarray
-    entry_index: np.ndarray | None  # entry of the source statistics behind each entry
-
-    @property
-    def n_params(self):
-        return self.id_tokens.size
-
-    @cached_property
-    def id_query(self):
-        """Query (column) of every parameter."""
-        return np.repeat(np.arange(self.n_tokens), np.diff(self.id_ptr))
-
-    def identified_mask(self):
-        mask = np.zeros((self.n_tokens, self.n_tokens), bool)
-        mask[self.id_tokens, self.id_query] = True
-        return mask
-
-    def to_matrix(self, theta, fill=0.0):
-        out = np.full((self.n_tokens, self.n_tokens), fill, dtype=np.float64)
-        out[self.id_tokens, self.id_query] = theta
-        return out
-
-    def from_matrix(self, logits):
-        return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
-
-
-def column_data(stats, outputs=None, weight=None, keep_index=False):
-    """Group prompts with positive weight by query and index each column's identified tokens.
-
-    Without ``outputs`` the result describes the prompts only (``y_entry`` is None).  With
-    ``keep_index`` it records, for each entry, its entry in ``stats`` (to refresh ``logc`` for
-    new position weights).
-    """
-    weight = np.ones(stats.n_prompts) if weight is None else weight
-    order, _ = stats.by_query
-    order = order[weight[order] > 0]
-    K = stats.n_tokens
-    lengths = np.diff(stats.indptr)[order]
-    indptr = np.zeros(order.size + 1, np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    src = np.repeat(stats.indptr[order] - indptr[:-1], lengths)
-    src += np.arange(indptr[-1])
-    tokens = stats.tokens[src]
-    with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is log 0 = -inf
-        logc = np.log(stats.counts[src])
-    query = stats.query[order]
-    col_ptr = np.zeros(K + 1, np.int64)
-    np.cumsum(np.bincount(query, minlength=K), out=col_ptr[1:])
-    q_entry = np.repeat(query, lengths)
-    mask = np.zeros((K, K), bool)
-    mask[tokens, q_entry] = True
-    # Rank of each identified token within its column, in token order.
-    rank = np.cumsum(mask, axis=0, dtype=np.int32) - 1
-    local = rank[tokens, q_entry]
-    del tokens, q_entry, rank
-    id_ptr = np.zeros(K + 1, np.int64)
-    np.cumsum(mask.sum(axis=0), out=id_ptr[1:])
-    _, id_tokens = np.nonzero(mask.T)
-    y_entry = None
-    if outputs is not None:
-        entries = check_outputs_in_prompts(stats, outputs)
-        y_entry = entries[order] - stats.indptr[order] + indptr[:-1]
-    return ColumnData(
-        n_tokens=K,
-        col_ptr=col_ptr,
-        indptr=indptr,
-        local=local,
-        logc=logc,
-        y_entry=y_entry,
-        weight=np.ascontiguousarray(weight[order]),
-        id_ptr=id_ptr,
-        id_tokens=id_tokens.astype(np.int32),
-        entry_index=src if keep_index else None,
-    )
+    flat, indptr, K = validate_prompts(prompts)
+    y = check_outputs(outputs, indptr.size - 1, None)
+    K = max(K, int(y.max()) + 1)
+    stats = stats_from_flat(flat, indptr, K)
+    return stats.output_entries(y) >= 0

@@ -1,14 +1,27 @@
 """Identifiability, existence, uncertainty and model comparison (THEORY.md section 4)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from numbers import Integral, Real
 
 import numpy as np
+from scipy import sparse as sp
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
+from sklearn.utils.validation import check_is_fitted
 
+from ._columns import build_columns
 from ._kernels import column_graphs, union_find_components
-from ._stats import check_outputs, column_data, prompt_stats
+from ._stats import check_covered, check_outputs, prompt_stats, validate_prompts
+
+
+def use_sparse(sparse, n_tokens, n_identified):
+    """Storage rule of ``sparse="auto"``: compressed columns once a dense ``K x K`` array
+    would hold over 1,000,000 entries and four times the identified ones."""
+    if sparse == "auto":
+        K2 = n_tokens * n_tokens
+        return K2 > 1_000_000 and K2 > 4 * n_identified
+    return bool(sparse)
 
 
 class IdentifiabilityWarning(UserWarning):
@@ -57,8 +70,7 @@ def _entry_params(cd):
 
 
 def _column_graphs(cd):
-    y_entry = cd.y_entry if cd.y_entry is not None else np.zeros(0, np.int64)
-    return column_graphs(cd.col_ptr, cd.indptr, cd.local, y_entry, cd.id_ptr)
+    return column_graphs(cd.col_ptr, cd.indptr, cd.local, cd.y_entry, cd.id_ptr)
 
 
 def _by_column(cd, mask):
@@ -136,10 +148,8 @@ class IdentifiabilityReport:
     n_prompts : ndarray of int, shape (K,)
         Prompts (with positive weight) per query column.
     queried : ndarray of bool, shape (K,)
-    cooccurrence : ndarray of int, shape (K, K)
-        ``cooccurrence[k, q]``: number of prompts with query ``q`` that contain ``k``.
-    identified : ndarray of bool, shape (K, K)
-        Entries that enter the likelihood.
+    n_identified : ndarray of int, shape (K,)
+        Identified logits per column.
     n_components : ndarray of int, shape (K,)
         Connected components of each column's co-occurrence graph (0 if never queried); a
         column is identified up to one shift per component.
@@ -153,19 +163,48 @@ class IdentifiabilityReport:
         With outputs: column -> tokens available but never chosen.
     dominant : dict or None
         With outputs: column -> groups of tokens that always beat the rest.
+    sparse : bool
+        Storage of ``identified`` and ``cooccurrence``.
     """
 
     n_tokens: int
     n_prompts: np.ndarray
     queried: np.ndarray
-    cooccurrence: np.ndarray
-    identified: np.ndarray
     n_components: np.ndarray
     components: dict
     n_free_params: int
     mle_exists: np.ndarray | None = None
     never_chosen: dict | None = None
     dominant: dict | None = None
+    sparse: bool = False
+    # Column layout of the identified entries and their co-occurrence counts.
+    id_ptr: np.ndarray = field(default=None, repr=False)
+    id_tokens: np.ndarray = field(default=None, repr=False)
+    n_cooccur: np.ndarray = field(default=None, repr=False)
+
+    @property
+    def n_identified(self):
+        return np.diff(self.id_ptr)
+
+    def _matrix(self, values):
+        K = self.n_tokens
+        if self.sparse:
+            return sp.csc_array((values, self.id_tokens, self.id_ptr), shape=(K, K))
+        out = np.zeros((K, K), values.dtype)
+        out[self.id_tokens, np.repeat(np.arange(K), self.n_identified)] = values
+        return out
+
+    @property
+    def cooccurrence(self):
+        """``cooccurrence[k, q]``: number of prompts with query ``q`` that contain ``k``,
+        ``(K, K)`` int (a CSC array with sparse storage)."""
+        return self._matrix(self.n_cooccur)
+
+    @property
+    def identified(self):
+        """Entries that enter the likelihood, ``(K, K)`` bool (a CSC array with sparse
+        storage)."""
+        return self._matrix(np.ones(self.id_tokens.size, bool))
 
     @property
     def fully_identified(self):
@@ -173,13 +212,21 @@ class IdentifiabilityReport:
         return bool((self.n_components[self.queried] == 1).all())
 
     def summary(self, max_rows=20):
-        """A text table, the worst columns first."""
+        """A text table, the worst columns first.
+
+        Parameters
+        ----------
+        max_rows : int
+            Most columns listed.
+        """
+        if isinstance(max_rows, bool) or not isinstance(max_rows, Integral) or max_rows < 0:
+            raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}.")
         K = self.n_tokens
-        covered = self.identified.sum(axis=0)
+        covered = self.n_identified
         lines = [
             f"Identifiability report: {K} tokens, {int(self.n_prompts.sum())} prompts, "
             f"{int(self.queried.sum())} of {K} columns queried, "
-            f"{int(self.identified.sum())} of {K * K} logits identified, "
+            f"{int(covered.sum())} of {K * K} logits identified, "
             f"{self.n_free_params} free parameters.",
         ]
         if self.mle_exists is not None:
@@ -208,7 +255,7 @@ class IdentifiabilityReport:
                     line += f" {'-':>4}"
                 lines.append(line + "  (never queried)")
                 continue
-            co = self.cooccurrence[:, q][self.identified[:, q]]
+            co = self.n_cooccur[self.id_ptr[q] : self.id_ptr[q + 1]]
             line = (
                 f"{q:>6} {self.n_prompts[q]:>8} {covered[q]:>7} {co.min():>10} "
                 f"{self.n_components[q]:>4}"
@@ -226,31 +273,31 @@ class IdentifiabilityReport:
         return self.summary()
 
 
-def report_from_columns(cd, with_outputs, dominant=True):
-    K = cd.n_tokens
+def report_from_columns(cd, dominant=True, sparse=False):
+    """:class:`IdentifiabilityReport` of a column problem (with outputs when it has them)."""
     graphs = _column_graphs(cd)
     labels, per_param, _, n_components, _ = graphs
     sizes = np.diff(cd.id_ptr)
-    cooc = np.zeros((K, K), np.int64)
-    cooc[cd.id_tokens, cd.id_query] = per_param
     report = IdentifiabilityReport(
-        n_tokens=K,
+        n_tokens=cd.n_tokens,
         n_prompts=np.diff(cd.col_ptr),
         queried=sizes > 0,
-        cooccurrence=cooc,
-        identified=cd.identified_mask(),
         n_components=n_components,
         components=_groups(cd, labels, np.flatnonzero(n_components > 1)),
         n_free_params=int(sizes.sum() - n_components.sum()),
+        sparse=bool(sparse),
+        id_ptr=cd.id_ptr,
+        id_tokens=cd.id_tokens,
+        n_cooccur=per_param,
     )
-    if with_outputs:
+    if cd.y_entry.size:
         report.mle_exists, report.never_chosen, report.dominant = mle_existence(
             cd, dominant, graphs
         )
     return report
 
 
-def identifiability_report(prompts, outputs=None, *, n_tokens=None):
+def identifiability_report(prompts, outputs=None, *, n_tokens=None, sparse="auto"):
     """Which logits a data set identifies, and whether their finite MLE exists.
 
     Parameters
@@ -260,6 +307,8 @@ def identifiability_report(prompts, outputs=None, *, n_tokens=None):
         Next tokens; needed for the existence of the MLE.
     n_tokens : int or None
         Vocabulary size; inferred when None.
+    sparse : "auto" or bool
+        Storage of the report's ``(K, K)`` arrays, as for the estimators.
 
     Returns
     -------
@@ -276,10 +325,14 @@ def identifiability_report(prompts, outputs=None, *, n_tokens=None):
     >>> rep.identified[:, 0].tolist()
     [True, True, True, False]
     """
-    stats = prompt_stats(prompts, n_tokens)
+    if sparse != "auto" and not isinstance(sparse, (bool, np.bool_)):
+        raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}.")
+    flat, indptr, K = validate_prompts(prompts, n_tokens)
     if outputs is not None:
-        outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
-    return report_from_columns(column_data(stats, outputs), outputs is not None)
+        outputs = check_outputs(outputs, indptr.size - 1, K)
+        check_covered(flat, indptr, outputs, K)
+    cd = build_columns(flat, indptr, K, outputs)
+    return report_from_columns(cd, sparse=use_sparse(sparse, K, cd.n_params))
 
 
 # --------------------------------------------------------------------------- uncertainty
@@ -307,11 +360,76 @@ def centred_covariance(information, alpha):
     return cov, min_eig
 
 
-def softmax_jacobian(logits_column):
-    """Jacobian of ``softmax`` at one column: ``diag(p) - p p^T``."""
-    z = logits_column - logits_column.max()
-    p = np.exp(z) / np.exp(z).sum()
-    return np.diag(p) - np.outer(p, p), p
+@dataclass(eq=False)
+class ColumnUncertainty:
+    """Standard errors of the centred logits, per identified parameter (column layout).
+
+    ``cov[q]`` is the dense covariance of column ``q`` where it was computed exactly (None
+    where the diagonal approximation was used); ``var`` the variances of all parameters.
+    """
+
+    id_ptr: np.ndarray
+    var: np.ndarray
+    min_eig: np.ndarray
+    cov: list
+
+    @property
+    def se(self):
+        return np.sqrt(np.clip(self.var, 0.0, None))
+
+    def transition_sd(self, theta, n_tokens):
+        """Base-chain transitions ``P[q, k]`` at the identified entries and their delta-method
+        standard deviations (missing logits are the column centre, 0, and fixed)."""
+        p = np.empty_like(theta)
+        sd = np.empty_like(theta)
+        for q in np.flatnonzero(np.diff(self.id_ptr)):
+            a, b = self.id_ptr[q], self.id_ptr[q + 1]
+            t = theta[a:b]
+            mx = max(t.max(), 0.0)
+            e = np.exp(t - mx)
+            pq = e / (e.sum() + (n_tokens - (b - a)) * np.exp(-mx))
+            if self.cov[q] is not None:
+                C = self.cov[q]
+                Cp = C @ pq
+                v = np.diag(C) - 2.0 * Cp + pq @ Cp
+            else:
+                vq = self.var[a:b]
+                v = vq - 2.0 * vq * pq + (vq * pq * pq).sum()
+            p[a:b] = pq
+            sd[a:b] = pq * np.sqrt(np.clip(v, 0.0, None))
+        return p, sd
+
+
+def column_uncertainty(id_ptr, information, information_diag, alpha, scale=1.0, verbose=0):
+    """:class:`ColumnUncertainty` from the observed information at a solution.
+
+    Columns with a dense information block get the exact covariance of
+    :func:`centred_covariance`.  The others (more than 300 identified logits) use the diagonal
+    approximation: each logit's variance ``1 / (H_kk + alpha)`` from its own curvature,
+    ignoring its covariance with the rest of the column, then centred as if independent,
+    ``v_k (1 - 2 / n) + sum(v) / n^2``.  ``scale`` multiplies the stored information (weights
+    that were scaled down for the solver).
+    """
+    K = id_ptr.size - 1
+    sizes = np.diff(id_ptr)
+    with np.errstate(divide="ignore"):
+        v = 1.0 / (scale * information_diag + alpha)
+    v[~np.isfinite(v)] = np.nan  # zero curvature, no penalty: not determined
+    n = np.repeat(sizes, sizes).astype(np.float64)
+    starts = id_ptr[:-1][sizes > 0]
+    total = np.repeat(np.add.reduceat(v, starts) if starts.size else np.zeros(0),
+                      sizes[sizes > 0])
+    var = v * (1.0 - 2.0 / n) + total / n**2
+    var[n == 1] = 0.0  # a lone identified logit is the column centre itself
+    min_eig = np.full(K, np.nan)
+    cov = [None] * K
+    exact = [q for q, info in enumerate(information) if info is not None]
+    for i, q in enumerate(exact):
+        cov[q], min_eig[q] = centred_covariance(scale * information[q], alpha)
+        var[id_ptr[q] : id_ptr[q + 1]] = np.diag(cov[q])
+        if verbose and len(exact) > 1000 and (i + 1) % 1000 == 0:
+            print(f"standard errors: {i + 1} of {len(exact)} exact columns")
+    return ColumnUncertainty(id_ptr, var, min_eig, cov)
 
 
 def normal_quantile(level):
@@ -373,22 +491,34 @@ def compare_models(estimator, prompts_train, outputs_train, prompts_test, output
     -------
     ModelComparison
     """
+    check_is_fitted(estimator, "model_")
+    if isinstance(smoothing, bool) or not isinstance(smoothing, Real) or not (
+            0 < smoothing < np.inf):
+        raise ValueError(f"smoothing must be a positive finite number, got {smoothing!r}.")
     K = estimator.n_tokens_
-    train = prompt_stats(prompts_train, K)
-    y_train = check_outputs(outputs_train, train.n_prompts, K)
+    flat, indptr, _ = validate_prompts(prompts_train, K)
+    y_train = check_outputs(outputs_train, indptr.size - 1, K)
+    q_train = flat[indptr[1:] - 1].astype(np.int64)
     test = prompt_stats(prompts_test, K)
     y_test = check_outputs(outputs_test, test.n_prompts, K)
-    trans = np.full((K, K), float(smoothing))
-    np.add.at(trans, (train.query, y_train), 1.0)
-    trans /= trans.sum(axis=1, keepdims=True)
-    uni = np.bincount(y_train, minlength=K) + float(smoothing)
+    q_test = test.query.astype(np.int64)
+    # Smoothed bigram counts looked up by (query, output) key: memory in proportion to the
+    # pairs, never K x K.
+    keys, counts = np.unique(q_train * K + y_train, return_counts=True)
+    probe = q_test * K + y_test
+    pos = np.minimum(np.searchsorted(keys, probe), max(keys.size - 1, 0))
+    c = np.where(keys[pos] == probe, counts[pos], 0)
+    row = np.bincount(q_train, minlength=K)[q_test]
+    s = float(smoothing)
+    base = np.log((c + s) / (row + K * s))
+    uni = np.bincount(y_train, minlength=K) + s
     uni = uni / uni.sum()
-    ll = estimator.score_samples(test, y_test)
+    ll = estimator.score_samples(prompts_test, y_test)
     inside = np.isfinite(ll)
     result = {
         "ccmc": float(ll.mean()) if inside.all() else -np.inf,
         "ccmc (in prompt)": float(ll[inside].mean()) if inside.any() else np.nan,
-        "base chain": float(np.log(trans[test.query, y_test]).mean()),
+        "base chain": float(base.mean()),
         "unigram": float(np.log(uni[y_test]).mean()),
     }
     return ModelComparison(result, int((~inside).sum()), int(test.n_prompts))
@@ -416,6 +546,8 @@ def likelihood_ratio_test(full, restricted):
     """
     from scipy.stats import chi2
 
+    check_is_fitted(full, "model_")
+    check_is_fitted(restricted, "model_")
     stat = 2.0 * (full.log_likelihood_ - restricted.log_likelihood_)
     df = int(full.n_free_params_ - restricted.n_free_params_)
     if df <= 0:

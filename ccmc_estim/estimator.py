@@ -7,33 +7,42 @@ from numbers import Integral, Real
 
 import numpy as np
 from joblib import effective_n_jobs
+from scipy import sparse as sp
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from ._columns import build_columns, columns_from_stats
 from ._kernels import bias_loglik
 from ._solvers import DENSE_MAX, MAX_ITER, solve_columns
 from ._stats import (
-    PromptStats,
+    _MAX_TOKENS,
+    StrOptions,
+    check_covered,
+    check_n_tokens,
     check_outputs,
     check_random_state,
     check_sample_weight,
-    column_data,
-    prompt_stats,
-    stats_from_flat,
+    number,
     validate_prompts,
 )
 from .diagnostics import (
     IdentifiabilityWarning,
-    centred_covariance,
+    column_uncertainty,
     normal_quantile,
     report_from_columns,
-    softmax_jacobian,
+    use_sparse,
 )
 from .model import CCMC, PositionalCCMC, check_position_bias
 
 _SOLVERS = ("auto", "newton", "newton-cg")
+
+
+def weight_scale(weight):
+    """Divisor that keeps huge weights from overflowing sums (any finite weights work; the
+    minimiser does not change when the weights and the penalty are divided alike)."""
+    return max(1.0, float(weight.max()) / 1e100)
 
 
 def _list_columns(cols, limit=10):
@@ -62,6 +71,13 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         ``alpha=0`` is the plain MLE.
     n_tokens : int or None, default=None
         Vocabulary size ``K``; inferred from the training data as ``max token + 1`` when None.
+    sparse : "auto" or bool, default="auto"
+        Storage of ``logits_`` and the other ``(K, K)`` results: a ``scipy.sparse`` CSC array
+        holding the identified entries only (memory in proportion to the data, for
+        vocabularies of any size; an entry not stored is the column centre, 0) or a dense
+        array.  ``"auto"`` goes sparse when a dense array would have over 10^6 entries and
+        more than four times the identified ones.  Both give the same fit and the same
+        probabilities; ``model_.toarray()`` gives dense logits on request.
     solver : {"auto", "newton", "newton-cg"}, default="auto"
         ``"newton"``: damped Newton with a dense Hessian per column; ``"newton-cg"``: truncated
         Newton with preconditioned conjugate gradients on Hessian-vector products;
@@ -82,9 +98,10 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    logits_ : ndarray of shape (K, K)
-        Fitted logits, each column centred over its identified entries; 0 elsewhere.
-    identified_ : ndarray of bool, shape (K, K)
+    logits_ : ndarray or scipy.sparse.csc_array of shape (K, K)
+        Fitted logits, each column centred over its identified entries; 0 elsewhere (not
+        stored in sparse form).
+    identified_ : ndarray or scipy.sparse.csc_array of bool, shape (K, K)
         Entries ``(k, q)`` that entered the likelihood (``k`` occurred in a prompt with query
         ``q``).
     model_ : CCMC
@@ -108,7 +125,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
     identifiability_ : IdentifiabilityReport
         What the training data identify, and where the plain MLE exists (its ``dominant``
         groups are computed only when ``alpha=0``; ``identifiability_report`` always does).
-    logits_se_ : ndarray of shape (K, K)
+    logits_se_ : ndarray or scipy.sparse.csc_array of shape (K, K)
         Standard errors of the centred logits (computed on first access).
     information_min_eig_ : ndarray of shape (K,)
         Smallest non-zero eigenvalue of each column's observed information.
@@ -129,6 +146,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         alpha=1.0,
         *,
         n_tokens=None,
+        sparse="auto",
         solver="auto",
         tol=1e-6,
         max_iter=100,
@@ -138,6 +156,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
     ):
         self.alpha = alpha
         self.n_tokens = n_tokens
+        self.sparse = sparse
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
@@ -152,69 +171,44 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         tags.non_deterministic = False
         return tags
 
-    # ------------------------------------------------------------------ validation
-    def _validate_params(self):
-        def real(name, low, inclusive=True):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, Real) or not np.isfinite(v):
-                raise TypeError(f"{name} must be a finite real number, got {v!r}.")
-            if v < low or (v == low and not inclusive):
-                op = ">=" if inclusive else ">"
-                raise ValueError(f"{name} must be {op} {low}, got {v!r}.")
-
-        real("alpha", 0.0)
-        real("tol", 0.0, inclusive=False)
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, Integral):
-            raise TypeError(f"max_iter must be an integer, got {self.max_iter!r}.")
-        if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver must be one of {_SOLVERS}, got {self.solver!r}.")
-        if self.n_tokens is not None and (
-            isinstance(self.n_tokens, bool)
-            or not isinstance(self.n_tokens, Integral)
-            or self.n_tokens < 1
-        ):
-            raise ValueError(f"n_tokens must be None or a positive integer, got {self.n_tokens!r}.")
-        if self.n_jobs is not None and (
-            isinstance(self.n_jobs, bool)
-            or not isinstance(self.n_jobs, Integral)
-            or self.n_jobs == 0
-        ):
-            raise ValueError(f"n_jobs must be None or a non-zero integer, got {self.n_jobs!r}.")
+    _parameter_constraints = {  # noqa: RUF012 (scikit-learn's declarative convention)
+        "alpha": [number(Real, 0, None, closed="left")],
+        "n_tokens": [None, number(Integral, 1, _MAX_TOKENS)],
+        "sparse": [StrOptions({"auto"}), "boolean"],
+        "solver": [StrOptions(set(_SOLVERS))],
+        "tol": [number(Real, 0, None, closed="neither")],
+        "max_iter": [number(Integral, 1, 10**9)],
+        "warm_start": ["boolean"],
+        "n_jobs": [None, number(Integral, None, -1, closed="right"),
+                   number(Integral, 1, None, closed="left")],
+        "verbose": [number(Integral, 0, None, closed="left"), "boolean"],
+    }
 
     def _training_data(self, prompts, outputs, sample_weight):
-        """Validated flat prompts, their statistics, outputs and weights.
-
-        Precomputed :class:`PromptStats` (used internally, e.g. for the growing contexts of one
-        trajectory) pass through, without flat prompts.
-        """
-        if isinstance(prompts, PromptStats):
-            flat = indptr = None
-            stats = prompt_stats(prompts, self.n_tokens)
-            K, n = stats.n_tokens, stats.n_prompts
-        else:
-            flat, indptr, K = validate_prompts(prompts, self.n_tokens)
-            stats = None
-            n = indptr.size - 1
+        """Validated flat prompts, vocabulary size, outputs and weights, every size checked
+        before anything of that size is allocated."""
+        flat, indptr, K = validate_prompts(prompts, self.n_tokens)
+        n = indptr.size - 1
         if self.n_tokens is None:
-            outputs = check_outputs(outputs, n, np.iinfo(np.int64).max)
-            K = max(K, int(outputs.max()) + 1)
+            outputs = check_outputs(outputs, n, None)
+            top = int(outputs.max())
+            if top >= K:
+                K = check_n_tokens(top + 1, f"output {top} of sample {int(outputs.argmax())} "
+                                            "is the largest token id")
         else:
             outputs = check_outputs(outputs, n, K)
         weight = check_sample_weight(sample_weight, n)
-        if stats is None:
-            stats = stats_from_flat(flat, indptr, K)
-        elif K != stats.n_tokens:
-            stats = replace(stats, n_tokens=K)
-        return flat, indptr, stats, outputs, weight
+        return flat, indptr, K, outputs, weight
 
-    def _solve(self, cd, theta):
-        """Solve every column in place (the convex problem in the logits)."""
+    def _solve(self, problem, theta, scale=1.0):
+        """Solve every column in place (the convex problem in the logits), with the weights
+        and the penalty divided by ``scale``."""
+        if scale != 1.0:
+            problem = replace(problem, weight=problem.weight / scale)
         return solve_columns(
-            cd,
+            problem,
             theta,
-            alpha=self.alpha,
+            alpha=self.alpha / scale,
             tol=self.tol,
             max_iter=self.max_iter,
             solver=self.solver,
@@ -232,7 +226,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             Token ids; the last token of each prompt is its query.
         outputs : array-like of shape (n,)
             Next token of each prompt; it must occur in the prompt.
-        sample_weight : array-like of shape (n,) or None
+        sample_weight : array-like of shape (n,), float or None
             Non-negative weights; a weight of 2 equals a duplicated sample, 0 a removed one.
 
         Returns
@@ -241,52 +235,72 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         t0 = time.perf_counter()
-        _, _, stats, outputs, weight = self._training_data(prompts, outputs, sample_weight)
-        cd = column_data(stats, outputs, weight)
-        n_prompts = stats.n_prompts
-        del stats  # the column layout holds all the fit needs; free the memory
-        if self.warm_start and getattr(self, "n_tokens_", None) == cd.n_tokens:
-            theta = cd.from_matrix(self.logits_)
+        flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
+        check_covered(flat, indptr, outputs, K)
+        problem = build_columns(flat, indptr, K, outputs, weight)
+        del flat, indptr  # the column layout holds all the fit needs
+        return self._fit_problem(problem, weight, t0)
+
+    def _fit_stats(self, stats, outputs):
+        """Fit on prompt statistics built by this package (the growing contexts of one
+        trajectory, see ``generation``); never reached with user data."""
+        self._validate_params()
+        outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
+        weight = np.ones(stats.n_prompts)
+        problem = columns_from_stats(stats, outputs, weight)
+        return self._fit_problem(problem, weight, time.perf_counter())
+
+    def _fit_problem(self, problem, weight, t0):
+        if self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens:
+            theta = problem.gather(self.logits_)
         else:
-            theta = np.zeros(cd.n_params)
-        solution = self._solve(cd, theta)
-        self._store(cd, theta, solution, weight)
+            theta = np.zeros(problem.n_params)
+        # Any finite weights work: the solver sees weights scaled to at most 1 when they are
+        # huge (the minimiser is unchanged, the penalty scaled alike).
+        scale = weight_scale(weight)
+        solution = self._solve(problem, theta, scale)
+        self._store(problem, theta, solution, weight, scale=scale)
         if self.verbose:
             print(
-                f"{type(self).__name__}: {n_prompts} prompts, {cd.n_params} identified "
-                f"logits, max {int(self.n_iter_.max())} iterations, objective "
-                f"{self.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
+                f"{type(self).__name__}: {int((weight > 0).sum())} prompts, "
+                f"{problem.n_params} identified logits in "
+                f"{int(self.identifiability_.queried.sum())} columns "
+                f"({'sparse' if self.model_.sparse else 'dense'} storage), max "
+                f"{int(self.n_iter_.max())} iterations, objective {self.objective_:.10g}, "
+                f"{time.perf_counter() - t0:.3f} s"
             )
         return self
 
-    def _store(self, cd, theta, solution, weight, bias=None, n_bias_params=0):
+    def _store(self, problem, theta, solution, weight, bias=None, n_bias_params=0, scale=1.0):
         """Check a solution and set the fitted attributes from it."""
-        objective, n_iter, status, self._information = solution
         # Sink components (always-winning groups) only matter for the alpha=0 warning.
-        report = report_from_columns(cd, with_outputs=True, dominant=self.alpha == 0)
-        self._check_solution(report, status)
-        self._uncertainty_cache = None
+        K = problem.n_tokens
+        sparse = use_sparse(self.sparse, K, problem.n_params)
+        report = report_from_columns(problem, dominant=self.alpha == 0, sparse=sparse)
+        self._check_solution(report, solution.status)
         # A learned bias is penalised like the logits; a fixed one is not a parameter.
         bias_penalty = 0.5 * self.alpha * float(bias @ bias) if n_bias_params else 0.0
         penalty = 0.5 * self.alpha * float(theta @ theta) + bias_penalty
         # Centre each column over its identified entries (the reported gauge).
-        sizes = np.diff(cd.id_ptr)
-        means = np.add.reduceat(theta, cd.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
+        sizes = np.diff(problem.id_ptr)
+        means = np.add.reduceat(theta, problem.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
         theta = theta - np.repeat(means, sizes[sizes > 0])
-        K = cd.n_tokens
-        self.logits_ = cd.to_matrix(theta)
-        self.identified_ = cd.identified_mask()
+        self._columns = (problem.id_ptr, problem.id_tokens)
+        self.logits_ = problem.to_csc(theta) if sparse else problem.to_dense(theta)
+        self.identified_ = report.identified
         self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
         self.classes_ = np.arange(K)
         self.n_tokens_ = K
-        self.n_iter_ = n_iter
-        self.objective_ = float(objective.sum()) + bias_penalty
+        self.n_iter_ = solution.n_iter
+        self.objective_ = scale * float(solution.objective.sum()) + bias_penalty
         self.identifiability_ = report
         self.log_likelihood_ = -(self.objective_ - penalty)
         self.n_free_params_ = report.n_free_params + n_bias_params
         n_obs = float(weight.sum())
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
+        self._information = (solution.information, solution.information_diag, scale)
+        self._uncertainty_cache = None
 
     def _check_solution(self, report, status):
         bad = np.flatnonzero(status == MAX_ITER)
@@ -295,7 +309,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
                 f"the solver reached max_iter={self.max_iter} before tol={self.tol:g} in "
                 f"column(s) {_list_columns(bad)}; increase max_iter or alpha.",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if self.alpha > 0:
             return
@@ -305,7 +319,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
                 f"with alpha=0 column(s) {_list_columns(split)} are identified only up to one "
                 "shift per connected component of their co-occurrence graph; use alpha > 0.",
                 IdentifiabilityWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         missing = np.flatnonzero(report.queried & ~report.mle_exists)
         if missing.size:
@@ -321,24 +335,28 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
                 + ". The returned logits there are finite only because the solver stopped "
                 "at tol; use alpha > 0 for a well-defined estimate.",
                 IdentifiabilityWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # ------------------------------------------------------------------ uncertainty
     def _uncertainty(self):
         check_is_fitted(self, "model_")
         if self._uncertainty_cache is None:
-            K = self.n_tokens_
-            se = np.full((K, K), np.nan)
-            min_eig = np.full(K, np.nan)
-            cov = [None] * K
-            for q, info in enumerate(self._information):
-                if info is None:
-                    continue
-                cov[q], min_eig[q] = centred_covariance(info, self.alpha)
-                se[self.identified_[:, q], q] = np.sqrt(np.clip(np.diag(cov[q]), 0, None))
-            self._uncertainty_cache = (se, min_eig, cov)
+            info, diag, scale = self._information
+            self._uncertainty_cache = column_uncertainty(
+                self._columns[0], info, diag, self.alpha, scale, verbose=self.verbose
+            )
         return self._uncertainty_cache
+
+    def _by_entry(self, values, fill=np.nan):
+        """Per-parameter values in the storage of ``logits_`` (sparse: missing = ``fill``)."""
+        id_ptr, id_tokens = self._columns
+        K = self.n_tokens_
+        if sp.issparse(self.logits_):
+            return sp.csc_array((values, id_tokens, id_ptr), shape=(K, K))
+        out = np.full((K, K), fill)
+        out[id_tokens, np.repeat(np.arange(K), np.diff(id_ptr))] = values
+        return out
 
     @property
     def logits_se_(self):
@@ -348,19 +366,23 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         pseudo-inverse when ``alpha=0`` (asymptotic standard errors of the MLE); with
         ``alpha > 0`` the inverse of information + ``alpha I``, i.e. posterior standard
         deviations of the Laplace approximation under the N(0, 1/alpha) prior that the penalty
-        encodes (close to the frequentist ones once the information dwarfs ``alpha``).  Columns
-        with more than 300 identified logits are not computed (NaN).
+        encodes (close to the frequentist ones once the information dwarfs ``alpha``).  Exact
+        for columns with at most 300 identified logits; larger columns use the diagonal of the
+        information (each logit's own curvature, ignoring its covariance with the others),
+        documented with its measured error in the usage guide.  With sparse storage a CSC
+        array whose stored entries are the identified logits (entries not stored are not
+        identified).
         """
-        return self._uncertainty()[0]
+        return self._by_entry(self._uncertainty().se)
 
     @property
     def information_min_eig_(self):
         """Smallest non-zero eigenvalue of each column's observed information, ``(K,)``.
 
         A conditioning measure: how well the worst-determined direction of the column is pinned
-        down (NaN for columns never queried or not computed).
+        down (NaN for columns never queried or above 300 identified logits).
         """
-        return self._uncertainty()[1]
+        return self._uncertainty().min_eig
 
     def confidence_intervals(self, level=0.95, kind="logits"):
         """Normal-approximation intervals for the centred logits or the base-chain transitions.
@@ -371,33 +393,39 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             Coverage, strictly between 0 and 1.
         kind : {"logits", "transition"}
             ``"logits"``: intervals for ``logits_[k, q]``.  ``"transition"``: intervals for
-            ``model_.transition_matrix[q, k]`` by the delta method through the softmax of
-            column ``q``.  See ``logits_se_`` for their meaning when ``alpha > 0``.
+            the base-chain transition ``P[q, k]`` (row ``q`` of ``model_.transition_matrix``)
+            by the delta method through the softmax of column ``q``.  See ``logits_se_`` for
+            their meaning when ``alpha > 0``.
 
         Returns
         -------
-        lower, upper : ndarray of shape (K, K)
-            NaN where not identified.
+        lower, upper : ndarray of shape (K, K), or sparse arrays
+            NaN where not identified (a token never seen with its query has no interval).  With
+            sparse storage, CSC (logits, indexed ``[k, q]``) or CSR (transitions, indexed
+            ``[q, k]``) arrays holding the identified entries only.
         """
         z = normal_quantile(level)
-        se, _, cov = self._uncertainty()
+        unc = self._uncertainty()
         if kind == "logits":
-            return self.logits_ - z * se, self.logits_ + z * se
+            theta = self._identified_values()
+            return (self._by_entry(theta - z * unc.se), self._by_entry(theta + z * unc.se))
         if kind != "transition":
             raise ValueError(f"kind must be 'logits' or 'transition', got {kind!r}.")
+        p, sd = unc.transition_sd(self._identified_values(), self.n_tokens_)
+        lower = np.clip(p - z * sd, 0, 1)
+        upper = np.clip(p + z * sd, 0, 1)
+        id_ptr, id_tokens = self._columns
         K = self.n_tokens_
-        lower = np.full((K, K), np.nan)
-        upper = np.full((K, K), np.nan)
-        for q in range(K):
-            if cov[q] is None:
-                continue
-            idx = np.flatnonzero(self.identified_[:, q])
-            jac, p = softmax_jacobian(self.logits_[:, q])
-            sd = np.sqrt(np.clip(np.einsum("ki,ij,kj->k", jac[:, idx], cov[q], jac[:, idx]),
-                                 0, None))
-            lower[q] = p - z * sd
-            upper[q] = p + z * sd
-        return np.clip(lower, 0, 1), np.clip(upper, 0, 1)
+        if sp.issparse(self.logits_):
+            return (sp.csr_array((lower, id_tokens, id_ptr), shape=(K, K)),
+                    sp.csr_array((upper, id_tokens, id_ptr), shape=(K, K)))
+        return self._by_entry(lower).T.copy(), self._by_entry(upper).T.copy()
+
+    def _identified_values(self):
+        id_ptr, id_tokens = self._columns
+        if sp.issparse(self.logits_):
+            return np.asarray(self.logits_.data)
+        return self.logits_[id_tokens, np.repeat(np.arange(self.n_tokens_), np.diff(id_ptr))]
 
     # ------------------------------------------------------------------ prediction
     def _model(self):
@@ -405,17 +433,25 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         return self.model_
 
     def predict_proba(self, prompts):
-        """Next-token probabilities, shape ``(n, n_tokens_)``; zero for tokens not in a prompt."""
+        """Next-token probabilities, shape ``(n, n_tokens_)``; zero for tokens not in a prompt.
+
+        A dense array for dense storage; a ``scipy.sparse.csr_array`` for sparse storage
+        (``.toarray()`` gives the dense form when ``K`` is small).
+        """
         return self._model().predict_proba(prompts)
 
     def predict_log_proba(self, prompts):
-        """Next-token log-probabilities; ``-inf`` for tokens not in a prompt."""
+        """Next-token log-probabilities; ``-inf`` for tokens not in a prompt.
+
+        With sparse storage, a CSR array storing each prompt's tokens only (not stored:
+        ``-inf``).
+        """
         return self._model().predict_log_proba(prompts)
 
     def predict(self, prompts):
         """Most probable next token of each prompt."""
-        log_proba = self.predict_log_proba(prompts)
-        return self.classes_[np.argmax(log_proba, axis=1)]
+        model = self._model()
+        return self.classes_[model.predict(prompts)]
 
     def score_samples(self, prompts, outputs):
         """Log-likelihood of each output given its prompt (``-inf`` if absent from the prompt)."""
@@ -433,7 +469,8 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         hit = w > 0
         if np.isneginf(ll[hit]).any():
             return -np.inf
-        return float(np.average(ll[hit], weights=w[hit]))
+        w = w[hit] / w[hit].max()  # any finite weights: the average is scale-free
+        return float(np.average(ll[hit], weights=w))
 
 
 class PositionalCCMCEstimator(CCMCEstimator):
@@ -471,7 +508,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
         Maximum L-BFGS iterations in ``b`` per start.
     bias_tol : float, default=1e-9
         Relative decrease of the objective below which the bias search stops.
-    n_tokens, solver, tol, max_iter, warm_start, n_jobs, verbose
+    n_tokens, sparse, solver, tol, max_iter, warm_start, n_jobs, verbose
         As in :class:`CCMCEstimator` (``verbose`` prints the objective at every iteration).
 
     Attributes
@@ -509,6 +546,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
         bias_max_iter=200,
         bias_tol=1e-9,
         n_tokens=None,
+        sparse="auto",
         solver="auto",
         tol=1e-6,
         max_iter=100,
@@ -516,8 +554,9 @@ class PositionalCCMCEstimator(CCMCEstimator):
         n_jobs=None,
         verbose=0,
     ):
-        super().__init__(alpha, n_tokens=n_tokens, solver=solver, tol=tol, max_iter=max_iter,
-                         warm_start=warm_start, n_jobs=n_jobs, verbose=verbose)
+        super().__init__(alpha, n_tokens=n_tokens, sparse=sparse, solver=solver, tol=tol,
+                         max_iter=max_iter, warm_start=warm_start, n_jobs=n_jobs,
+                         verbose=verbose)
         self.max_distance = max_distance
         self.position_bias = position_bias
         self.n_restarts = n_restarts
@@ -525,15 +564,15 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self.bias_max_iter = bias_max_iter
         self.bias_tol = bias_tol
 
-    def _validate_params(self):
-        super()._validate_params()
-        for name, low in (("max_distance", 0), ("n_restarts", 1), ("bias_max_iter", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}.")
-        tol = self.bias_tol
-        if isinstance(tol, bool) or not isinstance(tol, Real) or not tol > 0:
-            raise ValueError(f"bias_tol must be a positive number, got {self.bias_tol!r}.")
+    _parameter_constraints = {  # noqa: RUF012
+        **CCMCEstimator._parameter_constraints,
+        "max_distance": [number(Integral, 0, 10**6)],
+        "position_bias": [None, "array-like"],
+        "n_restarts": [number(Integral, 1, 10**6)],
+        "random_state": ["random_state"],
+        "bias_max_iter": [number(Integral, 1, 10**9)],
+        "bias_tol": [number(Real, 0, None, closed="neither")],
+    }
 
     def fit(self, prompts, outputs, sample_weight=None):
         """Fit the logits and (unless fixed) the position bias.
@@ -549,26 +588,24 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self
         """
         self._validate_params()
-        if isinstance(prompts, PromptStats):
-            raise TypeError("PositionalCCMCEstimator needs the prompts themselves (positions).")
-        flat, indptr, stats, outputs, weight = self._training_data(
-            prompts, outputs, sample_weight
-        )
-        cd0 = column_data(stats, outputs, weight, keep_index=True)
-        K = stats.n_tokens
+        flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
+        check_covered(flat, indptr, outputs, K)
+        cd0 = build_columns(flat, indptr, K, outputs, weight)
+        scale = weight_scale(weight)
 
         def logits_step(b, theta):
-            counts = stats_from_flat(flat, indptr, K, np.exp(b - b.max())).counts
-            cd = replace(cd0, logc=np.log(counts[cd0.entry_index]))
-            return cd, self._solve(cd, theta)
+            # The layout does not depend on the bias: only the position-weighted counts change.
+            w = np.exp(b - b.max())
+            cd = cd0.with_logc(build_columns(flat, indptr, K, outputs, weight, w).logc)
+            return cd, self._solve(cd, theta, scale)
 
         if self.position_bias is not None:
             b = check_position_bias(self.position_bias).copy()
             theta = np.zeros(cd0.n_params)
             cd, solution = logits_step(b, theta)
-            self.objective_path_ = np.array([solution[0].sum()])
+            self.objective_path_ = np.array([scale * solution.objective.sum()])
             self.n_bias_iter_ = 0
-            self._store(cd, theta, solution, weight, bias=b)
+            self._store(cd, theta, solution, weight, bias=b, scale=scale)
             self.position_bias_ = b
             return self
 
@@ -582,7 +619,8 @@ class PositionalCCMCEstimator(CCMCEstimator):
                     b = self.position_bias_.copy()
             else:
                 b = np.concatenate([[0.0], rng.normal(0.0, 1.0, D)])
-            result = self._fit_joint(flat, indptr, outputs, weight, cd0, b, logits_step, start)
+            result = self._fit_joint(flat, indptr, outputs, weight / scale, cd0, b, logits_step,
+                                     start, scale)
             if best is None or result[0] < best[0]:
                 best = result
         _, b, theta, cd, solution, path, n_outer = best
@@ -590,14 +628,15 @@ class PositionalCCMCEstimator(CCMCEstimator):
             warnings.warn(
                 f"the joint fit reached bias_max_iter={self.bias_max_iter} before bias_tol="
                 f"{self.bias_tol:g}; increase bias_max_iter.", ConvergenceWarning, stacklevel=2)
-        self.objective_path_ = np.array(path)
+        self.objective_path_ = scale * np.array(path)
         self.n_bias_iter_ = n_outer
-        self._store(cd, theta, solution, weight, bias=b, n_bias_params=D)
+        self._store(cd, theta, solution, weight, bias=b, n_bias_params=D, scale=scale)
         self.position_bias_ = b
         return self
 
-    def _fit_joint(self, flat, indptr, outputs, weight, cd0, b, logits_step, start):
-        """One start: L-BFGS on the profile objective ``F(b) = min_W objective(W, b)``.
+    def _fit_joint(self, flat, indptr, outputs, weight, cd0, b, logits_step, start, scale):
+        """One start: L-BFGS on the profile objective ``F(b) = min_W objective(W, b)`` (with
+        weights and penalty divided by ``scale``).
 
         Every evaluation solves the convex problem in the logits (warm-started); by the envelope
         theorem the gradient of ``F`` is the partial gradient in ``b`` at that solution.  The
@@ -612,17 +651,20 @@ class PositionalCCMCEstimator(CCMCEstimator):
         def profile(free):
             bb = np.concatenate([[0.0], free])
             cd, solution = logits_step(bb, theta)
-            f = float(solution[0].sum()) + 0.5 * self.alpha * float(bb @ bb)
-            bias_loglik(flat, indptr, query, outputs, weight, cd.to_matrix(theta), bb, grad)
+            alpha = self.alpha / scale
+            f = float(solution.objective.sum()) + 0.5 * alpha * float(bb @ bb)
+            bias_loglik(flat, indptr, query, outputs, weight, cd.id_ptr, cd.id_tokens, theta, bb,
+                        grad)
             last.update(x=free.copy(), f=f, cd=cd, solution=solution)
-            return f, -grad[1:] + self.alpha * bb[1:]
+            return f, -grad[1:] + alpha * bb[1:]
 
         path = [profile(b[1:].copy())[0]]
 
         def record(intermediate_result):
             path.append(float(intermediate_result.fun))
             if self.verbose:
-                print(f"start {start} iteration {len(path) - 1}: objective {path[-1]:.12g}")
+                print(f"start {start} iteration {len(path) - 1}: objective "
+                      f"{scale * path[-1]:.12g}")
 
         res = minimize(profile, b[1:].copy(), jac=True, method="L-BFGS-B", callback=record,
                        options={"maxiter": self.bias_max_iter,

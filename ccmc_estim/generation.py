@@ -12,7 +12,7 @@ from ._stats import (
     check_random_state,
     validate_prompts,
 )
-from .model import CCMC, PositionalCCMC, stationary
+from .model import CCMC, PositionalCCMC
 
 
 def _check_model(model, positional=True):
@@ -27,16 +27,23 @@ def _check_model(model, positional=True):
 
 
 def _run(model, prompt, window, u, out):
-    """Fill ``out`` with a trajectory from one validated prompt."""
+    """Fill ``out`` with a trajectory from one validated prompt.
+
+    Generation never leaves the prompt's distinct tokens, so it runs on the small dense block
+    of logits among them, in local ids: memory and time per step independent of ``K``.
+    """
+    support, context = np.unique(prompt, return_inverse=True)
+    block = model.support_block(support)
     if isinstance(model, PositionalCCMC):
-        _kernels.generate_positional(model.logits, model.position_bias, np.unique(prompt),
-                                     prompt, window, u, out)
+        _kernels.generate_positional(block, model.position_bias, context, window, u, out)
     else:
-        _kernels.generate_tokens(model.logits, np.unique(prompt), prompt, window, u, out)
+        _kernels.generate_tokens(block, context, window, u, out)
+    out[:] = support[out]
 
 
-def _check_prompt(prompt, n_tokens, what="prompt"):
-    """A single prompt as an int64 array of tokens of the model."""
+def _check_prompt(prompt, n_tokens=None, what="prompt"):
+    """A single prompt as an array of token ids below ``n_tokens`` (any supported ids when
+    None)."""
     if isinstance(prompt, (str, bytes)) or np.isscalar(prompt):
         raise TypeError(f"{what} must be a 1-D sequence of token ids, got {prompt!r}.")
     arr = np.asarray(prompt)
@@ -354,9 +361,9 @@ def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngra
     >>> float(prof.leading_share[-1]), int(prof.distinct_in_window[-1])
     (0.8, 1)
     """
-    limit = np.iinfo(np.int64).max if n_tokens is None else check_n_tokens(n_tokens)
+    limit = None if n_tokens is None else check_n_tokens(n_tokens)
     traj = _check_prompt(trajectory, limit, "trajectory")
-    base = np.zeros(0, np.int64) if prompt is None else _check_prompt(prompt, limit)
+    base = np.zeros(0, np.int32) if prompt is None else _check_prompt(prompt, limit)
     K = int(max(traj.max(), base.max() if base.size else 0)) + 1 if n_tokens is None else limit
     for name, v in (("window", window), ("ngram", ngram), ("n_points", n_points)):
         if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
@@ -417,8 +424,8 @@ def trajectory_pairs(prompt, trajectory, *, window=None):
     >>> [x.tolist() for x in X], y.tolist()
     ([[0, 1], [0, 1, 1]], [1, 0])
     """
-    base = _check_prompt(prompt, np.iinfo(np.int64).max)
-    traj = _check_prompt(trajectory, np.iinfo(np.int64).max, "trajectory")
+    base = _check_prompt(prompt)
+    traj = _check_prompt(trajectory, what="trajectory")
     window = _check_window(window)
     seq = np.concatenate([base, traj])
     seq.setflags(write=False)
@@ -527,7 +534,7 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
     w_err, r_err, w_n, r_n = [], [], [], []
     for n in lengths:
         stats = _trajectory_stats(prompt, traj[:n], K)
-        est = clone(est0).fit(stats, traj[:n])
+        est = clone(est0)._fit_stats(stats, traj[:n])
         diff_est = est.logits_ - np.diag(est.logits_)[None, :]
         diff_true = truth - np.diag(truth)[None, :]
         err = (diff_est - diff_true) ** 2

@@ -1,35 +1,61 @@
 """The context-conditioned Markov chain (THEORY.md sections 1 and 2)."""
 
-from itertools import pairwise
-
 import numpy as np
+from scipy import sparse
 from scipy.special import softmax
 
 from . import _kernels
-from ._stats import check_outputs, check_random_state, flatten_prompts, prompt_stats
-
-
-def stationary(P):
-    """Stationary distribution of a row-stochastic matrix with a single recurrent class."""
-    K = P.shape[0]
-    # pi (P - I) = 0 with one equation swapped for sum(pi) = 1: nonsingular for one class.
-    A = P.T - np.eye(K)
-    A[-1] = 1.0
-    rhs = np.zeros(K)
-    rhs[-1] = 1.0
-    pi = np.clip(np.linalg.solve(A, rhs), 0.0, None)
-    return pi / pi.sum()
+from ._columns import csc_parts
+from ._stats import (
+    PromptStats,
+    _physical_memory,
+    check_outputs,
+    check_random_state,
+    prompt_stats,
+)
+from .attention import _as_float64, logits_from_attention
 
 
 def _check_logits(logits):
+    """A private, read-only copy of dense ``(K, K)`` logits or canonical CSC parts of sparse
+    ones, with every entry finite."""
+    if sparse.issparse(logits):
+        if logits.dtype.kind == "c":
+            raise TypeError("logits must be real numbers, got a complex sparse array.")
+        shape = logits.shape
+    else:
+        logits = np.asarray(logits)
+        if logits.dtype.kind not in "biuf":
+            raise TypeError(f"logits must be real numbers, got dtype {logits.dtype}.")
+        shape = logits.shape
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
+        raise ValueError(f"logits must be a square (K, K) matrix, got shape {shape}.")
+    if sparse.issparse(logits):
+        ptr, idx, val = (a.copy() for a in csc_parts(logits))
+        bad = np.flatnonzero(~np.isfinite(val))
+        if bad.size:
+            q = int(np.searchsorted(ptr, bad[0], side="right") - 1)
+            raise ValueError(f"logits must be finite; logits[{idx[bad[0]]}, {q}] = "
+                             f"{val[bad[0]]}.")
+        for arr in (ptr, idx, val):
+            arr.setflags(write=False)
+        return ptr, idx, val
     logits = np.array(logits, dtype=np.float64)  # a private copy: the model is immutable
-    if logits.ndim != 2 or logits.shape[0] != logits.shape[1] or logits.shape[0] == 0:
-        raise ValueError(f"logits must be a square (K, K) matrix, got shape {logits.shape}.")
     if not np.isfinite(logits).all():
         k, q = np.argwhere(~np.isfinite(logits))[0]
         raise ValueError(f"logits must be finite; logits[{k}, {q}] = {logits[k, q]}.")
     logits.setflags(write=False)
     return logits
+
+
+def dense_size_check(n_rows, n_cols, what):
+    """Refuse a dense float64 array that would take more than half of this machine's memory."""
+    need = 8 * int(n_rows) * int(n_cols)
+    if need > _physical_memory() // 2:
+        raise ValueError(
+            f"{what} would be a dense ({n_rows:,}, {n_cols:,}) array of {need / 2**30:.3g} GiB, "
+            "more than half of this machine's memory; use the sparse form instead."
+        )
 
 
 class CCMC:
@@ -40,16 +66,21 @@ class CCMC:
 
     Parameters
     ----------
-    logits : array-like of shape (K, K)
+    logits : array-like of shape (K, K) or scipy.sparse array of shape (K, K)
         ``logits[k, q]`` is the attention logit of token ``k`` when the query is ``q``
-        (columns are queries).  Adding a constant to a column changes nothing.
+        (columns are queries).  Adding a constant to a column changes nothing.  In sparse
+        (compressed-column) form an entry that is not stored is the column centre, 0: memory
+        in proportion to the stored entries, for vocabularies of any size.  Dense and sparse
+        forms of the same matrix give identical probabilities.
 
     Attributes
     ----------
-    logits : ndarray of shape (K, K)
-        Read-only copy of the logits.
+    logits : ndarray or scipy.sparse.csc_array of shape (K, K)
+        Read-only logits, in the storage they were given in.
     n_tokens : int
         Vocabulary size ``K``.
+    sparse : bool
+        Whether the logits are stored in compressed-column form.
 
     Examples
     --------
@@ -61,31 +92,113 @@ class CCMC:
     >>> model.transition_matrix.round(3)
     array([[0.881, 0.119],
            [0.269, 0.731]])
+    >>> from scipy import sparse
+    >>> sparse_model = CCMC(sparse.csc_array(model.logits))
+    >>> sparse_model.predict_proba([[0, 1, 1]]).toarray().round(3)
+    array([[0.155, 0.845]])
     """
 
     def __init__(self, logits):
-        self.logits = _check_logits(logits)
+        self._set_logits(logits)
+
+    def _set_logits(self, logits):
+        checked = _check_logits(logits)
+        if isinstance(checked, tuple):
+            self._dense = None
+            self._parts = checked
+            self.n_tokens = checked[0].size - 1
+        else:
+            self._dense = checked
+            self._parts = None
+            self.n_tokens = checked.shape[0]
+
+    # The checks made at construction must survive pickle, joblib and deepcopy: the state is
+    # validated and frozen again when it is restored.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_csc_cache", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._set_logits(self.logits)
+        if "position_bias" in state:
+            self.position_bias = check_position_bias(state["position_bias"])
 
     @property
-    def n_tokens(self):
-        return self.logits.shape[0]
+    def sparse(self):
+        return self._dense is None
+
+    @property
+    def logits(self):
+        if self._dense is not None:
+            return self._dense
+        K = self.n_tokens
+        ptr, idx, val = self._parts
+        return sparse.csc_array((val, idx, ptr), shape=(K, K), copy=False)
+
+    def toarray(self):
+        """The logits as a dense ``(K, K)`` array (a copy; missing sparse entries are 0).
+
+        Raises a ValueError instead of allocating more than half of this machine's memory.
+        """
+        if self._dense is not None:
+            return self._dense.copy()
+        dense_size_check(self.n_tokens, self.n_tokens, "the logits")
+        return self.logits.toarray()
+
+    @property
+    def _csc(self):
+        """CSC parts of the logits for the compiled kernels (all entries of a dense model)."""
+        if self._parts is not None:
+            return self._parts
+        cache = self.__dict__.get("_csc_cache")
+        if cache is None:
+            cache = csc_parts(self._dense)
+            self.__dict__["_csc_cache"] = cache
+        return cache
 
     def __repr__(self):
-        return f"CCMC(n_tokens={self.n_tokens})"
+        kind = ", sparse" if self.sparse else ""
+        return f"{type(self).__name__}(n_tokens={self.n_tokens}{kind})"
 
     def __eq__(self, other):
-        return type(other) is type(self) and np.array_equal(self.logits, other.logits)
+        if type(other) is not type(self) or other.sparse != self.sparse:
+            return False
+        if self.sparse:
+            return all(np.array_equal(a, b) for a, b in zip(self._parts, other._parts,
+                                                            strict=True))
+        return np.array_equal(self._dense, other._dense)
 
     __hash__ = None
 
     # ------------------------------------------------------------------ helpers
     def _stats(self, prompts):
+        if isinstance(prompts, PromptStats):
+            raise TypeError("prompts must be token ids, not internal prompt statistics.")
         return prompt_stats(prompts, self.n_tokens)
 
     def _entry_log_proba(self, stats):
-        return _kernels.entry_log_proba(
-            self.logits, stats.indptr, stats.tokens, stats.logc, stats.query
-        )
+        return _kernels.entry_log_proba(*self._csc, stats.indptr, stats.tokens, stats.logc,
+                                        stats.query)
+
+    def support_block(self, support):
+        """Dense logits ``logits[support][:, support]`` among a few tokens (0 where missing)."""
+        support = np.asarray(support, np.int64)
+        if self._dense is not None:
+            return self._dense[np.ix_(support, support)]
+        return self.logits[:, support][support, :].toarray()
+
+    def _by_prompt(self, stats, values, fill):
+        """``(n, K)`` result holding one value per entry: CSR for a sparse model (entries not
+        stored mean ``fill``), dense otherwise."""
+        if self.sparse:
+            return sparse.csr_array((values, stats.tokens, stats.indptr),
+                                    shape=(stats.n_prompts, self.n_tokens))
+        dense_size_check(stats.n_prompts, self.n_tokens, "the result")
+        out = np.full((stats.n_prompts, self.n_tokens), fill)
+        out[stats.row, stats.tokens] = values
+        return out
 
     # ------------------------------------------------------------------ probabilities
     def predict_log_proba(self, prompts):
@@ -98,20 +211,35 @@ class CCMC:
 
         Returns
         -------
-        ndarray of shape (n, K)
-            Exactly ``-inf`` for tokens absent from a prompt.
+        ndarray or scipy.sparse.csr_array of shape (n, K)
+            Exactly ``-inf`` for tokens absent from a prompt.  For a sparse model a CSR array
+            that stores the log-probabilities of each prompt's tokens only: an entry that is
+            not stored is ``-inf``, not 0.
         """
         stats = self._stats(prompts)
-        out = np.full((stats.n_prompts, self.n_tokens), -np.inf)
-        out[stats.row, stats.tokens] = self._entry_log_proba(stats)
-        return out
+        return self._by_prompt(stats, self._entry_log_proba(stats), -np.inf)
 
     def predict_proba(self, prompts):
-        """Next-token distribution of each prompt, shape ``(n, K)``."""
+        """Next-token distribution of each prompt.
+
+        Parameters
+        ----------
+        prompts : array-like of shape (n, L) or sequence of 1-D sequences
+
+        Returns
+        -------
+        ndarray or scipy.sparse.csr_array of shape (n, K)
+            Dense for a dense model; for a sparse model a CSR array (nonzero only on each
+            prompt's tokens; ``.toarray()`` gives the dense form for small ``K``).
+        """
         stats = self._stats(prompts)
-        out = np.zeros((stats.n_prompts, self.n_tokens))
-        out[stats.row, stats.tokens] = np.exp(self._entry_log_proba(stats))
-        return out
+        return self._by_prompt(stats, np.exp(self._entry_log_proba(stats)), 0.0)
+
+    def predict(self, prompts):
+        """Most probable next token of each prompt (ties: the smallest id), shape ``(n,)``."""
+        stats = self._stats(prompts)
+        logp = self._entry_log_proba(stats)
+        return stats.tokens[_kernels.entry_argmax(logp, stats.indptr)].astype(np.int64)
 
     def log_likelihood(self, prompts, outputs):
         """Log-probability of each output given its prompt (``-inf`` when absent from it).
@@ -146,32 +274,55 @@ class CCMC:
     # ------------------------------------------------------------------ base chain
     @property
     def transition_matrix(self):
-        """Base Markov chain, row-stochastic: row ``q`` is ``softmax(logits[:, q])``."""
-        return softmax(self.logits, axis=0).T
+        """Base Markov chain, row-stochastic: row ``q`` is ``softmax(logits[:, q])``.
+
+        A dense ``(K, K)`` array for a dense model; for a sparse model a
+        ``scipy.sparse.linalg.LinearOperator`` (each row is sparse plus a constant, since
+        missing logits are 0), with memory in proportion to the stored logits.
+        """
+        from ._markov import transition_operator
+
+        if self.sparse:
+            return transition_operator(self.logits)
+        return softmax(self._dense, axis=0).T
 
     def stationary_distribution(self):
         """Stationary distribution ``pi`` of the base chain (``pi @ P = pi``, ``sum(pi) = 1``).
 
-        The base chain has strictly positive transitions, so ``pi`` is unique.
+        The base chain has strictly positive transitions, so ``pi`` is unique; it is computed
+        by a method that stays accurate for nearly decomposable chains (huge logits), and for
+        sparse logits by a sparse solver, never a dense ``K x K`` array.
         """
-        return stationary(self.transition_matrix)
+        from ._markov import stationary_from_logits
+
+        return stationary_from_logits(self.logits)
 
     # ------------------------------------------------------------------ attention
     @classmethod
-    def from_attention(cls, E, W_att, C=None, atol=1e-8):
+    def from_attention(cls, E, W_att=None, C=None, atol=None, *, W_Q=None, W_K=None,
+                       scale=None):
         """CCMC of a one-layer self-attention layer with a tied output head.
 
         Parameters
         ----------
         E : array-like of shape (K, d)
-            Token embeddings (one row per token), ``d >= K``.
-        W_att : array-like of shape (d, d)
+            Token embeddings (one row per token), ``d >= K``.  Anything array-like, PyTorch
+            tensors included (detached and moved to the CPU).
+        W_att : array-like of shape (d, d) or None
             Attention matrix: the score of position ``i`` is ``e_{x_i}^T W_att e_q``.
         C : array-like of shape (K, d) or None
-            Output head.  When given it must satisfy weight tying ``C E^T = I`` within ``atol``.
-            When None, the tied head ``pinv(E)^T`` is assumed, which needs ``E`` of rank ``K``.
-        atol : float
-            Tolerance of the tying and rank checks.
+            Output head.  When given it must satisfy weight tying ``C E^T = I`` (the head maps
+            the embedding of token ``k`` back to its one-hot); ``C = E`` qualifies when the
+            embeddings are orthonormal.  When None, the tied head ``pinv(E)^T`` is assumed,
+            which needs ``E`` of rank ``K``.
+        atol : float or None
+            Tolerance of the tying check; None chooses it from the inputs' floating-point
+            precision (``100 sqrt(d) eps`` times the rows' norms, at most 0.01), so float32
+            layers pass.
+        W_Q, W_K : array-like of shape (d, d_k) or None
+            Separate query and key projections instead of ``W_att``:
+            ``W_att = scale * W_K W_Q^T`` (``scale`` defaults to ``1 / sqrt(d_k)``).
+        scale : float or None
 
         Returns
         -------
@@ -186,35 +337,8 @@ class CCMC:
         >>> float(CCMC.from_attention(E, np.diag([1.0, 2.0, 3.0])).logits[2, 2])
         3.0
         """
-        E = np.asarray(E, dtype=np.float64)
-        W_att = np.asarray(W_att, dtype=np.float64)
-        if E.ndim != 2:
-            raise ValueError(f"E must be a 2-D (K, d) matrix, got shape {E.shape}.")
-        K, d = E.shape
-        if W_att.shape != (d, d):
-            raise ValueError(f"W_att must have shape ({d}, {d}) to match E, got {W_att.shape}.")
-        if d < K:
-            raise ValueError(
-                f"weight tying C E^T = I needs embedding dimension d >= K, got d={d} < K={K}."
-            )
-        if C is None:
-            sv = np.linalg.svd(E, compute_uv=False)
-            if sv[-1] <= atol * max(sv[0], 1.0):
-                raise ValueError(
-                    "E does not have full row rank, so no output head can be tied to it "
-                    f"(smallest singular value {sv[-1]:.3g})."
-                )
-        else:
-            C = np.asarray(C, dtype=np.float64)
-            if C.shape != (K, d):
-                raise ValueError(f"C must have shape ({K}, {d}) like E, got {C.shape}.")
-            dev = np.abs(C @ E.T - np.eye(K)).max()
-            if dev > atol:
-                raise ValueError(
-                    f"the output head is not tied to the embeddings: max |C E^T - I| = {dev:.3g} "
-                    f"> atol={atol:g}. The CCMC is exact only for a tied head (e.g. C = pinv(E).T)."
-                )
-        return cls(E @ W_att @ E.T)
+        return cls(logits_from_attention(E, W_att, C, W_Q=W_Q, W_K=W_K, scale=scale,
+                                         atol=atol))
 
     def to_attention(self, d=None, random_state=None):
         """An attention layer ``(E, W_att, C)`` with exactly this model's output distribution.
@@ -235,61 +359,23 @@ class CCMC:
         """
         K = self.n_tokens
         if d is None:
-            return np.eye(K), self.logits.copy(), np.eye(K)
+            return np.eye(K), self.toarray(), np.eye(K)
         if d < K:
             raise ValueError(f"d must be at least K={K}, got {d}.")
         rng = check_random_state(random_state)
         Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
         E = Q[:K]
-        return E, E.T @ self.logits @ E, E.copy()
-
-
-def attention_forward(E, W_att, C, prompts, position_bias=None):
-    """Literal forward pass of a one-layer self-attention layer, for checking a CCMC.
-
-    The query is the last token and attends to every position, itself included; the output is
-    ``C X^T softmax(X W_att e_q + bias)`` with no second softmax.  Costs ``O(L d^2)`` per
-    prompt.
-
-    Parameters
-    ----------
-    E, W_att, C : array-like
-        Embeddings ``(K, d)``, attention matrix ``(d, d)`` and head ``(K, d)``.
-    prompts : sequence of 1-D integer sequences
-    position_bias : array-like or None
-        Relative bias added to the score of a position at distance ``d`` from the last one
-        (``position_bias[-1]`` for larger distances).
-
-    Returns
-    -------
-    ndarray of shape (n, K)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ccmc_estim import CCMC, attention_forward
-    >>> E, W, C = CCMC(np.zeros((2, 2))).to_attention()
-    >>> attention_forward(E, W, C, [[0, 1, 1]]).round(3)
-    array([[0.333, 0.667]])
-    """
-    E = np.asarray(E, dtype=np.float64)
-    W_att = np.asarray(W_att, dtype=np.float64)
-    C = np.asarray(C, dtype=np.float64)
-    flat, indptr = flatten_prompts(prompts)
-    if flat.min() < 0 or flat.max() >= E.shape[0]:
-        raise ValueError(f"prompts hold tokens outside 0..{E.shape[0] - 1}, the rows of E.")
-    bias = np.zeros(1) if position_bias is None else np.asarray(position_bias, np.float64)
-    out = []
-    for a, b in pairwise(indptr):
-        X = E[flat[a:b]]
-        dist = np.minimum(np.arange(b - a)[::-1], bias.size - 1)
-        s = softmax(X @ W_att @ X[-1] + bias[dist])
-        out.append(C @ (X.T @ s))
-    return np.array(out)
+        return E, E.T @ self.toarray() @ E, E.copy()
 
 
 def check_position_bias(position_bias):
-    b = np.array(position_bias, dtype=np.float64).reshape(-1)
+    """A frozen copy of a valid relative position bias, shifted so that ``b[0] = 0``."""
+    b = np.array(position_bias)
+    if b.dtype.kind not in "iuf" or b.dtype == bool:
+        raise TypeError(f"position_bias must hold real numbers, got dtype {b.dtype}.")
+    if b.ndim > 1:
+        raise ValueError(f"position_bias must be 1-D, got shape {b.shape}.")
+    b = b.astype(np.float64).reshape(-1)
     if b.size == 0 or not np.isfinite(b).all():
         raise ValueError("position_bias must be a non-empty 1-D array of finite numbers.")
     if np.ptp(b) > 700:
@@ -344,17 +430,23 @@ class PositionalCCMC(CCMC):
         return self.position_bias.size - 1
 
     def _stats(self, prompts):
+        if isinstance(prompts, PromptStats):
+            raise TypeError("prompts must be token ids, not internal prompt statistics.")
         b = self.position_bias
         return prompt_stats(prompts, self.n_tokens, dist_weight=np.exp(b - b.max()))
 
     @classmethod
-    def from_attention(cls, E, W_att, position_bias, C=None, atol=1e-8):
+    def from_attention(cls, E, W_att=None, position_bias=None, C=None, atol=None, *, W_Q=None,
+                       W_K=None, scale=None):
         """Positional CCMC of a tied attention layer with an additive relative position bias.
 
         See :meth:`CCMC.from_attention`; ``position_bias[d]`` is added to the attention score of
         the position at distance ``d`` from the last token.
         """
-        return cls(CCMC.from_attention(E, W_att, C, atol).logits, position_bias)
+        if position_bias is None:
+            raise ValueError("position_bias is required.")
+        logits = logits_from_attention(E, W_att, C, W_Q=W_Q, W_K=W_K, scale=scale, atol=atol)
+        return cls(logits, _as_float64(position_bias, "position_bias")[0])
 
     def to_attention(self, d=None, random_state=None):
         """``(E, W_att, C, position_bias)`` of an equivalent attention layer."""

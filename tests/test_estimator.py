@@ -122,7 +122,8 @@ def test_max_iter_warns():
 
 def test_output_absent_from_prompt():
     X = [[0, 1], [1, 2], [2, 0], [0, 0]]
-    with pytest.raises(ValueError, match=r"output 0 of sample 1 .* \(2 sample\(s\)"):
+    msg = r"output 0 of sample 1 .* \(2 of 4 sample\(s\).*MixtureCCMCEstimator.*in_prompt"
+    with pytest.raises(ValueError, match=msg):
         CCMCEstimator().fit(X, [1, 0, 0, 1])
     est = CCMCEstimator().fit(X, [1, 1, 2, 0])
     with np.errstate(all="raise"):
@@ -134,13 +135,21 @@ def test_output_absent_from_prompt():
 @pytest.mark.parametrize(
     "params, err, match",
     [
-        ({"alpha": -1}, ValueError, "alpha must be >= 0"),
-        ({"alpha": "big"}, TypeError, "alpha must be a finite real"),
-        ({"solver": "foo"}, ValueError, "solver must be one of"),
-        ({"tol": 0}, ValueError, "tol must be > 0"),
-        ({"max_iter": 0}, ValueError, "max_iter must be >= 1"),
-        ({"n_tokens": 0}, ValueError, "n_tokens must be None or a positive"),
-        ({"n_jobs": 0}, ValueError, "n_jobs"),
+        ({"alpha": -1}, ValueError, "'alpha' parameter .* range"),
+        ({"alpha": "big"}, TypeError, "'alpha' parameter .* float"),
+        ({"alpha": np.nan}, ValueError, "'alpha' parameter"),
+        ({"alpha": np.inf}, ValueError, "'alpha' parameter"),
+        ({"solver": "foo"}, ValueError, "'solver' parameter .* among"),
+        ({"tol": 0}, ValueError, "'tol' parameter"),
+        ({"tol": "a"}, TypeError, "'tol' parameter"),
+        ({"max_iter": 0}, ValueError, "'max_iter' parameter"),
+        ({"max_iter": 1.5}, ValueError, "'max_iter' parameter"),
+        ({"max_iter": 10**20}, ValueError, "'max_iter' parameter"),
+        ({"max_iter": True}, ValueError, "'max_iter' parameter"),
+        ({"n_tokens": 0}, ValueError, "'n_tokens' parameter"),
+        ({"n_tokens": 1.5}, TypeError, "'n_tokens' parameter"),
+        ({"n_jobs": 0}, ValueError, "'n_jobs' parameter"),
+        ({"sparse": "yes"}, ValueError, "'sparse' parameter"),
     ],
 )
 def test_bad_parameters(params, err, match):

@@ -5,7 +5,8 @@ import pytest
 from conftest import nll_reference
 
 from ccmc_estim import _kernels
-from ccmc_estim._stats import column_data, prompt_stats
+from ccmc_estim._columns import columns_from_stats
+from ccmc_estim._stats import prompt_stats
 
 
 def _one_column(rng, K=6, n=40, scale=1.0):
@@ -13,7 +14,7 @@ def _one_column(rng, K=6, n=40, scale=1.0):
     prompts = [np.append(rng.integers(0, K, size=rng.integers(0, 9)), 0) for _ in range(n)]
     outputs = np.array([rng.choice(p) for p in prompts])
     weight = rng.uniform(0.2, 2.0, size=n)
-    cd = column_data(prompt_stats(prompts, K), outputs, weight)
+    cd = columns_from_stats(prompt_stats(prompts, K), outputs, weight)
     a, b = cd.col_ptr[0], cd.col_ptr[1]
     args = (cd.indptr[a : b + 1], cd.local, cd.logc, cd.y_entry, cd.weight)
     theta = scale * rng.standard_normal(cd.n_params)
@@ -22,7 +23,7 @@ def _one_column(rng, K=6, n=40, scale=1.0):
 
 def test_nll_matches_numpy_reference(rng):
     prompts, outputs, weight, cd, args, theta = _one_column(rng, scale=2.0)
-    logits = cd.to_matrix(theta)
+    logits = cd.to_dense(theta)
     ref = nll_reference(logits, prompts, outputs, weight)
     assert _kernels.column_nll(theta, *args) == pytest.approx(ref, rel=1e-13)
     grad = np.empty_like(theta)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from ccmc_estim._stats import check_outputs, column_data, prompt_stats
+from ccmc_estim._columns import build_columns, columns_from_stats
+from ccmc_estim._stats import check_outputs, prompt_stats, validate_prompts
 
 
 def _same(a, b):
@@ -55,22 +56,30 @@ def test_permuting_non_last_tokens_keeps_statistics(rng):
     _same(prompt_stats([p]), prompt_stats([q]))
 
 
-def test_column_data(rng):
+def test_column_layout(rng):
     prompts = rng.integers(0, 5, size=(30, 6))
     outputs = prompts[np.arange(30), rng.integers(0, 6, size=30)]
+    flat, indptr, K = validate_prompts(prompts)
+    cd = build_columns(flat, indptr, K, outputs, np.ones(30))
+    # The layout is the prompts' histograms regrouped by query, and the same from statistics.
     s = prompt_stats(prompts)
-    cd = column_data(s, outputs, np.ones(30), keep_index=True)
-    # The layout is the statistics' entries regrouped by query.
-    np.testing.assert_array_equal(cd.logc, np.log(s.counts[cd.entry_index]))
-    # Every prompt of column q has query q, and y_entry points at its output's local index.
-    for q in range(5):
-        for i in range(cd.col_ptr[q], cd.col_ptr[q + 1]):
-            toks = cd.id_tokens[cd.id_ptr[q] + cd.local[cd.indptr[i] : cd.indptr[i + 1]]]
-            assert toks[-1] <= 4 and q in toks
+    same = columns_from_stats(s, outputs, np.ones(30))
+    for name in ("col_ptr", "indptr", "local", "logc", "y_entry", "id_ptr", "id_tokens"):
+        np.testing.assert_array_equal(getattr(cd, name), getattr(same, name))
+    order = np.argsort(prompts[:, -1], kind="stable")
+    for r, i in enumerate(order):
+        q = prompts[i, -1]
+        assert cd.col_ptr[q] <= r < cd.col_ptr[q + 1]
+        toks = cd.id_tokens[cd.id_ptr[q] + cd.local[cd.indptr[r] : cd.indptr[r + 1]]]
+        vals, counts = np.unique(prompts[i], return_counts=True)
+        np.testing.assert_array_equal(toks, vals)
+        np.testing.assert_allclose(np.exp(cd.logc[cd.indptr[r] : cd.indptr[r + 1]]), counts)
+        assert toks[cd.y_entry[r] - cd.indptr[r]] == outputs[i]
     mask = np.zeros((5, 5), bool)
     for p in prompts:
         mask[p, p[-1]] = True
-    np.testing.assert_array_equal(cd.identified_mask(), mask)
+    np.testing.assert_array_equal(cd.to_dense(np.ones(cd.n_params, bool)), mask)
+    np.testing.assert_array_equal(cd.to_csc(np.ones(cd.n_params, bool)).toarray(), mask)
 
 
 @pytest.mark.parametrize(

@@ -1,24 +1,27 @@
-"""Winner-takes-all: generation from one prompt collapses onto a few tokens.
+"""
+Winner-takes-all generation
+===========================
 
-Left: a model with one self-dominant token (0) and, for contrast, a model with none; the share of
-each prompt token in the growing context against generation time (log axis), several seeds, with
-the winners predicted by ``winner_analysis`` marked on the right edge.  Right: the same first
-second model with a sliding window of 32 tokens, where the winners appear as long runs.
+Generating from one prompt, a CCMC feeds its own output back into the context: every emitted
+token raises its own count, tokens outside the prompt never appear, and the context collapses
+onto a few winner tokens. :func:`~ccmc_estim.winner_analysis` predicts the winners from the logits
+and the prompt; :func:`~ccmc_estim.generate` simulates the process and
+:func:`~ccmc_estim.collapse_profile` measures the collapse.
 
-Run: python examples/winner_takes_all.py  (writes docs/figures/winner_takes_all.png)
+Run it with ``python examples/plot_winner_takes_all.py``.
 """
 
-from pathlib import Path
+# %%
+# Two models over six tokens
+# --------------------------
+# In the first model token 0 is self-dominant (``W[0, 0]`` beats every other entry of column 0)
+# and no other token is; in the second no token is self-dominant.
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from ccmc_estim import CCMC, collapse_profile, generate, winner_analysis
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "figures" / "winner_takes_all.png"
 K, N_STEPS, SEEDS = 6, 100_000, range(5)
 prompt = np.array([0, 0, 0, 1, 2, 3, 4, 5, 1, 2, 0])
 
@@ -30,8 +33,19 @@ W_single[0, 0] = np.delete(W_single[:, 0], 0).max() + 0.7
 W_mixed = rng.standard_normal((K, K))
 W_mixed[np.diag_indices(K)] = W_mixed.min(axis=0) - 1.0
 
+print(winner_analysis(CCMC(W_single), prompt).summary())
+print(winner_analysis(CCMC(W_mixed), prompt).summary())
+
+# %%
+# A growing context
+# -----------------
+# The share of each prompt token in the growing context against generation time (log axis), for
+# several seeds. Arrows on the right edge mark the limits predicted by ``winner_analysis``. With
+# one self-dominant token the context collapses onto it in every run; without one it settles on
+# the predicted mixed limit.
+
 colors = plt.cm.tab10(np.arange(K))
-fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
 for ax, W, title in ((axes[0], W_single, "one self-dominant token"),
                      (axes[1], W_mixed, "no self-dominant token")):
     model = CCMC(W)
@@ -57,12 +71,23 @@ for ax, W, title in ((axes[0], W_single, "one self-dominant token"),
     winners = analysis.single_winners.tolist() or "none"
     ax.set_title(f"{title}\nself-dominant: {winners}; arrows: predicted limit")
 axes[0].legend(loc="upper left", fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %%
+# A sliding window
+# ----------------
+# With a fixed context of 32 tokens the process is a finite-state Markov chain on windows, and
+# the winners show up as long runs: the window locks onto them and the rate of repeated 4-grams
+# climbs towards 1.
 
 model = CCMC(W_mixed)
 traj = generate(model, prompt, 3_000, window=32, random_state=0)
-ax = axes[2]
-ax.scatter(np.arange(traj.size), traj, c=colors[traj], s=3)
 prof = collapse_profile(traj, prompt, window=32, n_points=40)
+print(prof.summary())
+
+fig, ax = plt.subplots(figsize=(8, 4.6))
+ax.scatter(np.arange(traj.size), traj, c=colors[traj], s=3)
 ax2 = ax.twinx()
 ax2.plot(prof.steps, prof.repetition_rate, color="k", lw=1.5, label="4-gram repetition")
 ax2.set_ylim(0, 1.05)
@@ -74,8 +99,4 @@ ax.set_title(
 )
 ax2.legend(loc="center right", fontsize=8)
 fig.tight_layout()
-OUT.parent.mkdir(parents=True, exist_ok=True)
-fig.savefig(OUT, dpi=110)
-print(f"saved {OUT}")
-print(winner_analysis(CCMC(W_single), prompt).summary())
-print(winner_analysis(CCMC(W_mixed), prompt).summary())
+plt.show()

@@ -1,0 +1,144 @@
+"""The column-block layout: pairs grouped by query, logits stored by column.
+
+Every pair (prompt, output) touches one query column only, so the statistics of the data, the
+logits, their standard errors and the identifiability graphs all live in one compressed-column
+layout: a column pointer, token ids, values.  Nothing here costs memory of order ``K^2``.
+"""
+
+from collections import namedtuple
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import numpy as np
+from scipy import sparse
+
+from . import _kernels
+
+_PLAIN = np.ones(1)  # every position counts once
+
+#: The flat arrays of a column problem, as one named argument of compiled code.
+Layout = namedtuple("Layout", "col_ptr indptr local logc y_entry weight id_ptr")
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnProblem:
+    """Per-column estimation problems (one convex problem per query column).
+
+    Column ``q`` owns prompts ``col_ptr[q]:col_ptr[q + 1]`` of the layout; prompt ``r`` owns
+    entries ``indptr[r]:indptr[r + 1]``, each a distinct token given by its ``local`` index in
+    the column's parameter vector and the log of its (possibly position-weighted) count
+    ``logc``; ``y_entry[r]`` is the entry of the output (empty without outputs).  The
+    parameters of column ``q`` are ``id_ptr[q]:id_ptr[q + 1]`` of the flat parameter vector:
+    the logits of tokens ``id_tokens[id_ptr[q]:id_ptr[q + 1]]`` (sorted), the entries that
+    enter the likelihood.  ``(id_ptr, id_tokens)`` is the CSC structure of the logits.
+    """
+
+    n_tokens: int
+    col_ptr: np.ndarray
+    indptr: np.ndarray
+    local: np.ndarray
+    logc: np.ndarray
+    y_entry: np.ndarray
+    weight: np.ndarray
+    id_ptr: np.ndarray
+    id_tokens: np.ndarray
+
+    @property
+    def n_params(self):
+        return self.id_tokens.size
+
+    @property
+    def has_outputs(self):
+        return self.y_entry.size > 0 or self.col_ptr[-1] == 0
+
+    @property
+    def layout(self):
+        return Layout(self.col_ptr, self.indptr, self.local, self.logc, self.y_entry,
+                      self.weight, self.id_ptr)
+
+    @cached_property
+    def id_query(self):
+        """Query (column) of every parameter."""
+        return np.repeat(np.arange(self.n_tokens, dtype=np.int32), np.diff(self.id_ptr))
+
+    def column(self, q):
+        """``(indptr, local, logc, y_entry, weight)`` of column ``q``, entries from 0."""
+        a, b = self.col_ptr[q], self.col_ptr[q + 1]
+        e0, e1 = self.indptr[a], self.indptr[b]
+        y = self.y_entry[a:b] - e0 if self.y_entry.size else self.y_entry
+        return (self.indptr[a : b + 1] - e0, self.local[e0:e1], self.logc[e0:e1], y,
+                self.weight[a:b])
+
+    def with_logc(self, logc):
+        return replace(self, logc=logc)
+
+    # ------------------------------------------------------------------ values by column
+    def to_csc(self, values):
+        """``(K, K)`` CSC array holding one value per parameter (zeros stored explicitly)."""
+        K = self.n_tokens
+        return sparse.csc_array((values, self.id_tokens, self.id_ptr), shape=(K, K))
+
+    def to_dense(self, values, fill=0.0):
+        out = np.full((self.n_tokens, self.n_tokens), fill, dtype=np.asarray(values).dtype)
+        out[self.id_tokens, self.id_query] = values
+        return out
+
+    def gather(self, logits):
+        """The parameters' values in dense or sparse ``(K, K)`` logits (0 where not stored)."""
+        if sparse.issparse(logits):
+            ptr, idx, val = csc_parts(logits)
+            return _kernels.csc_gather(ptr, idx, val, self.id_ptr, self.id_tokens)
+        return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
+
+
+def csc_parts(matrix):
+    """``(indptr int64, indices int32, data float64)`` of a canonical CSC copy of ``matrix``."""
+    m = sparse.csc_array(matrix)
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    return (m.indptr.astype(np.int64, copy=False), m.indices.astype(np.int32, copy=False),
+            m.data.astype(np.float64, copy=False))
+
+
+def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
+                  query=None, pos_weight=None):
+    """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
+
+    ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
+    token is the query, unless ``query`` is given (then ``pos_weight`` gives each flat
+    position's count, as for prompt statistics); ``outputs`` must all occur in their prompts
+    (see ``_stats.check_covered``); ``dist_weight`` as in ``_kernels.prompt_counts``.
+    """
+    n = indptr.size - 1
+    if query is None:
+        query = flat[indptr[1:] - 1]
+    order = np.argsort(query, kind="stable")
+    if weight is None:
+        weight = np.ones(n)
+    else:
+        order = order[weight[order] > 0]
+    col_ptr = np.zeros(n_tokens + 1, np.int64)
+    np.cumsum(np.bincount(query[order], minlength=n_tokens), out=col_ptr[1:])
+    y = np.zeros(0, np.int64) if outputs is None else outputs
+    pw = np.zeros(0) if pos_weight is None else pos_weight
+    ent_ptr, local, logc, y_entry, id_ptr, id_tokens = _kernels.column_layout(
+        flat, indptr, order, col_ptr, y, n_tokens, dist_weight, pw
+    )
+    return ColumnProblem(
+        n_tokens=n_tokens,
+        col_ptr=col_ptr,
+        indptr=ent_ptr,
+        local=local,
+        logc=logc,
+        y_entry=y_entry,
+        weight=np.ascontiguousarray(weight[order], dtype=np.float64),
+        id_ptr=id_ptr,
+        id_tokens=id_tokens,
+    )
+
+
+def columns_from_stats(stats, outputs=None, weight=None):
+    """:func:`build_columns` of validated prompt statistics (each entry counted ``counts``)."""
+    return build_columns(stats.tokens, stats.indptr, stats.n_tokens, outputs, weight,
+                         query=stats.query, pos_weight=stats.counts)
