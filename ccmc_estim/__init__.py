@@ -24,22 +24,42 @@ from .generation import (
     trajectory_pairs,
     winner_analysis,
 )
+from .io import ModelFile, load_model, save_model
+from .mixture import BaseChain, MixtureCCMC, MixtureCCMCEstimator
 from .model import CCMC, PositionalCCMC
+from .plotting import (
+    CollapseProfileDisplay,
+    IdentifiabilityDisplay,
+    ModelComparisonDisplay,
+    PositionBiasDisplay,
+    SampleComplexityDisplay,
+    WinnerDisplay,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CCMC",
+    "BaseChain",
     "CCMCEstimator",
     "CollapseProfile",
+    "CollapseProfileDisplay",
+    "IdentifiabilityDisplay",
     "IdentifiabilityReport",
     "IdentifiabilityWarning",
+    "MixtureCCMC",
+    "MixtureCCMCEstimator",
     "ModelComparison",
+    "ModelComparisonDisplay",
+    "ModelFile",
+    "PositionBiasDisplay",
     "PositionalCCMC",
     "PositionalCCMCEstimator",
+    "SampleComplexityDisplay",
     "TrajectoryLearning",
     "Vocabulary",
     "WinnerAnalysis",
+    "WinnerDisplay",
     "attention_forward",
     "collapse_profile",
     "compare_models",
@@ -49,9 +69,11 @@ __all__ = [
     "in_prompt",
     "learn_from_trajectory",
     "likelihood_ratio_test",
+    "load_model",
     "load_python_tokens",
     "make_ccmc_data",
     "prompts_from_sequences",
+    "save_model",
     "trajectory_pairs",
     "winner_analysis",
 ]

@@ -31,6 +31,7 @@ class ColumnProblem:
     parameters of column ``q`` are ``id_ptr[q]:id_ptr[q + 1]`` of the flat parameter vector:
     the logits of tokens ``id_tokens[id_ptr[q]:id_ptr[q + 1]]`` (sorted), the entries that
     enter the likelihood.  ``(id_ptr, id_tokens)`` is the CSC structure of the logits.
+    ``rows[r]`` is the input prompt behind layout prompt ``r``.
     """
 
     n_tokens: int
@@ -42,6 +43,7 @@ class ColumnProblem:
     weight: np.ndarray
     id_ptr: np.ndarray
     id_tokens: np.ndarray
+    rows: np.ndarray | None = None  # input prompt behind each layout prompt
 
     @property
     def n_params(self):
@@ -135,6 +137,7 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
         weight=np.ascontiguousarray(weight[order], dtype=np.float64),
         id_ptr=id_ptr,
         id_tokens=id_tokens,
+        rows=order,
     )
 
 

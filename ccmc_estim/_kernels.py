@@ -695,3 +695,130 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
             ok = ok and reached == n
         strong[q] = ok
     return label, n_prompts, chosen, n_components, strong
+
+
+# --------------------------------------------------------------------------- mixture
+@njit(cache=True)
+def layout_output_log_proba(lay, theta):
+    """Log CCMC probability of the output of every prompt of a column layout (in layout
+    order), from the flat parameter vector ``theta``."""
+    n = lay.col_ptr[lay.col_ptr.size - 1]
+    out = np.empty(n)
+    z = np.empty(lay.local.size)
+    for q in range(lay.col_ptr.size - 1):
+        base = lay.id_ptr[q]
+        for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
+            a = lay.indptr[r]
+            b = lay.indptr[r + 1]
+            for j in range(a, b):
+                z[j] = theta[base + lay.local[j]] + lay.logc[j]
+            yj = lay.y_entry[r]
+            out[r] = z[yj] - logsumexp_inplace(z, a, b, False)
+    return out
+
+
+@njit(cache=True)
+def output_in_prompt(flat, indptr, outputs, n_tokens, skip):
+    """Whether each output occurs in its prompt, never counting the token ``skip``."""
+    mark = np.full(n_tokens, -1, np.int64)
+    out = np.zeros(indptr.size - 1, np.bool_)
+    for i in range(indptr.size - 1):
+        for j in range(indptr[i], indptr[i + 1]):
+            mark[flat[j]] = i
+        out[i] = mark[outputs[i]] == i and outputs[i] != skip
+    return out
+
+
+@njit(cache=True)
+def _search(cdf, lo, hi, target):
+    """First index in ``cdf[lo:hi]`` (non-decreasing) whose value exceeds ``target``, clipped
+    to the range."""
+    a = lo
+    b = hi
+    while a < b:
+        mid = (a + b) // 2
+        if cdf[mid] <= target:
+            a = mid + 1
+        else:
+            b = mid
+    return min(a, hi - 1)
+
+
+@njit(cache=True)
+def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cdf, lam, unk,
+                     context, window, u, out):
+    """Generation from a copy-and-generate mixture: the support grows as the base chain
+    emits new tokens.  ``u`` holds three uniforms per step (copy or generate, which source,
+    which token); ``c_cum`` the cumulative base-chain counts within each column."""
+    K = total.size
+    L = context.size
+    m = np.zeros(K)
+    pos = np.full(K, -1, np.int64)  # position of a token in the list of present tokens
+    present = np.empty(K, np.int64)
+    n_present = 0
+    n_ring = min(window, L + out.size) if window > 0 else 1
+    ring = np.empty(max(n_ring, 1), np.int64)
+    keep = L if window == 0 or window > L else window
+    ring_len = 0
+    head = 0
+    for i in range(L - keep, L):
+        t = context[i]
+        if m[t] == 0:
+            pos[t] = n_present
+            present[n_present] = t
+            n_present += 1
+        m[t] += 1.0
+        if window > 0:
+            ring[ring_len] = t
+            ring_len += 1
+    z = np.empty(K)
+    q = context[L - 1]
+    for step in range(out.size):
+        n_copy = n_present - (1 if unk >= 0 and m[unk] > 0 else 0)
+        if n_copy > 0 and u[step, 0] < lam[q]:
+            s = 0
+            for r in range(n_present):
+                t = present[r]
+                if t == unk:
+                    z[r] = -np.inf
+                else:
+                    z[r] = csc_lookup(w_ptr, w_idx, w_val, t, q, w_ptr[q])[0] + np.log(m[t])
+            logsumexp_inplace(z, 0, n_present, True)
+            c = 0.0
+            y = -1
+            for r in range(n_present):
+                if z[r] > 0:
+                    y = present[r]
+                    c += z[r]
+                    if u[step, 2] < c:
+                        break
+            s = y
+        elif u[step, 1] * (total[q] + beta[q]) < total[q]:
+            a = c_ptr[q]
+            before = c_cum[a - 1] if a > 0 else 0.0
+            s = c_idx[_search(c_cum, a, c_ptr[q + 1], before + u[step, 2] * total[q])]
+        else:
+            s = _search(u_cdf, 0, K, u[step, 2] * u_cdf[K - 1])
+        out[step] = s
+        if m[s] == 0:
+            pos[s] = n_present
+            present[n_present] = s
+            n_present += 1
+        m[s] += 1.0
+        if window > 0:
+            if ring_len == window:
+                old = ring[head]
+                ring[head] = s
+                head = (head + 1) % window
+                m[old] -= 1.0
+                if m[old] == 0:  # swap-remove from the list of present tokens
+                    r = pos[old]
+                    last = present[n_present - 1]
+                    present[r] = last
+                    pos[last] = r
+                    pos[old] = -1
+                    n_present -= 1
+            else:
+                ring[(head + ring_len) % window] = s
+                ring_len += 1
+        q = s

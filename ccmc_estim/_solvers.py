@@ -9,13 +9,15 @@ gradients on Hessian-vector products) for large ones.  Both stop when
 
 i.e. when the gradient of the column's *mean* loss is below ``tol``, or when no step decreases the
 objective beyond rounding.  Every column is solved by the same deterministic code whatever thread
-runs it, so the result does not depend on ``n_jobs``.
+runs it, so the result does not depend on ``n_jobs``.  Threads are run by joblib (always its
+threading backend: the chunks write their results in place into shared arrays), and the same
+per-column code solves the column blocks of a Dask fit on the workers (``distributed``).
 """
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
 from numba import njit
 
 from ._kernels import (
@@ -147,13 +149,18 @@ def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_it
             break
         if t < 1.0:
             ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
+        g_old = np.abs(grad).max()
         theta[:] = trial
         grad, grad_t = grad_t, grad
         prob, prob_t = prob_t, prob
         f_old = f
         f = ft
-        if t < 1.0 and f_old - f <= slack:
-            # Only a damped step within rounding of f was possible: nothing left to gain.
+        if f_old - f <= slack and (t < 1.0 or np.abs(grad).max() > 0.5 * g_old):
+            # The objective no longer decreases beyond rounding: only a damped step was
+            # possible, or a full step that did not even halve the gradient (it is rounding
+            # noise, which is how a tol below what float64 resolves, e.g. 1e-300, ends).  A
+            # full step that still shrinks the gradient goes on: Newton is converging
+            # quadratically and the next step gains digits of the solution.
             status = NO_DECREASE
             break
     return f, n_iter, status
@@ -184,6 +191,8 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
         n_iter[q] = it
         status[q] = st
         n = p1 - p0
+        if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
+            continue
         prob = np.empty(local.size)
         column_nll_grad(th, ip, local, logc, y, w, np.empty(n), prob)
         column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
@@ -230,7 +239,8 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         Starting point, overwritten with the solution.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
-        Number of threads (the compiled solver releases the GIL).
+        Number of threads run by joblib's threading backend (the compiled solver releases
+        the GIL).
     info_max : int
         Keep the dense observed information of the columns with at most this many
         identified logits (within ``INFO_BUDGET`` entries in all).
@@ -266,7 +276,7 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     blocks = np.where(want, blocks, 0)
     info_offsets = np.where(want, np.cumsum(blocks) - blocks, -1)
     info = np.empty(int(blocks.sum()))
-    info_diag = np.empty(cd.n_params)
+    info_diag = np.empty(cd.n_params if info_max >= 0 else 0)  # info_max < 0: none at all
     settings = (float(alpha), float(tol), int(max_iter))
     out = (objective, n_iter, status)
     args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag)
@@ -275,8 +285,12 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         for chunk in chunks:
             _solve_chunk(chunk, *args)
     else:
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            list(pool.map(lambda c: _solve_chunk(c, *args), chunks))
+        # The threading backend is named, not preferred: inside ``joblib.parallel_backend("dask")``
+        # (a grid search on a cluster) a soft preference would ship the chunks to other
+        # processes, where their in-place writes would be lost.
+        Parallel(n_jobs=len(chunks), backend="threading", batch_size=1)(
+            delayed(_solve_chunk)(chunk, *args) for chunk in chunks
+        )
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
     return ColumnSolution(objective, n_iter, status, information, info_diag)

@@ -68,6 +68,15 @@ def number(kind, left, right, closed="both"):
     return _Number(kind, left, right, closed=closed)
 
 
+def n_threads(n_jobs):
+    """Threads of the compiled column solvers: ``None`` uses every core (the solvers release
+    the GIL and their results do not depend on the number of threads, as in scikit-learn's
+    compiled estimators), otherwise joblib's convention (``-1``: all cores)."""
+    from joblib import cpu_count, effective_n_jobs
+
+    return cpu_count() if n_jobs is None else effective_n_jobs(n_jobs)
+
+
 def _has_bool(seq):
     return any(isinstance(x, (bool, np.bool_)) for x in seq)
 
@@ -187,6 +196,16 @@ def _physical_memory():
         return 1 << 40
 
 
+def check_memory(n_bytes, what):
+    """Refuse, before allocating it, an array of ``n_bytes`` beyond half of this machine's
+    memory: a clear ValueError instead of a MemoryError or numpy's "array is too big"."""
+    if int(n_bytes) > _physical_memory() // 2:
+        raise ValueError(
+            f"{what} would need about {int(n_bytes) / 2**30:.3g} GiB, more than half of this "
+            "machine's memory."
+        )
+
+
 def check_n_tokens(n_tokens, cause=None):
     """A vocabulary size whose per-token arrays fit this machine, checked before anything of
     that size is allocated; ``cause`` says where an inferred size came from."""
@@ -303,11 +322,9 @@ def prompt_stats(prompts, n_tokens=None, dist_weight=_PLAIN):
         Weight of a token at distance ``d`` from the end, ``dist_weight[min(d, len - 1)]``.
     """
     if isinstance(prompts, PromptStats):
-        if n_tokens is not None and prompts.n_tokens != n_tokens:
-            raise ValueError(
-                f"prompt statistics have n_tokens={prompts.n_tokens}, expected {n_tokens}."
-            )
-        return prompts
+        # Statistics are built here from validated prompts only: one handed in from outside
+        # could hold any token id and would reach compiled code unchecked (a segfault).
+        raise TypeError("prompts must be token ids, not internal prompt statistics.")
     flat, indptr, n_tokens = validate_prompts(prompts, n_tokens)
     return stats_from_flat(flat, indptr, n_tokens, dist_weight)
 
@@ -347,8 +364,10 @@ def check_outputs(outputs, n_prompts, n_tokens):
     return arr
 
 
-def check_sample_weight(sample_weight, n_prompts):
-    """Non-negative, finite float64 weights (a scalar applies to every sample), ones when None."""
+def check_sample_weight(sample_weight, n_prompts, allow_zero=False):
+    """Non-negative, finite float64 weights (a scalar applies to every sample), ones when None;
+    all zero only with ``allow_zero`` (one partition of a Dask collection may be, the whole
+    data set may not)."""
     if sample_weight is None:
         return np.ones(n_prompts)
     w = np.asarray(sample_weight)
@@ -364,7 +383,7 @@ def check_sample_weight(sample_weight, n_prompts):
         raise ValueError(
             f"sample_weight must be finite and non-negative; sample {bad[0]} has {w[bad[0]]}."
         )
-    if n_prompts and not w.any():
+    if n_prompts and not allow_zero and not w.any():
         raise ValueError("sample_weight is zero for every sample: nothing to fit or score.")
     return w
 

@@ -12,7 +12,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._columns import build_columns
 from ._kernels import column_graphs, union_find_components
-from ._stats import check_covered, check_outputs, prompt_stats, validate_prompts
+from ._stats import (
+    StrOptions,
+    _check_integral,
+    check_covered,
+    check_memory,
+    check_outputs,
+    number,
+    prompt_stats,
+    validate_params,
+    validate_prompts,
+)
+
+_COUNT = [number(Integral, 0, None, closed="left")]
 
 
 def use_sparse(sparse, n_tokens, n_identified):
@@ -29,6 +41,7 @@ class IdentifiabilityWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------- graphs
+@validate_params({"n_nodes": _COUNT, "strong": ["boolean"]}, prefer_skip_nested_validation=True)
 def graph_components(n_nodes, src, dst, *, strong=False):
     """Component label of every node of a graph given by its arcs ``src[i] -> dst[i]``.
 
@@ -50,8 +63,12 @@ def graph_components(n_nodes, src, dst, *, strong=False):
     >>> graph_components(4, [0, 2], [1, 3]).tolist()
     [0, 0, 1, 1]
     """
-    src = np.asarray(src, np.int64)
-    dst = np.asarray(dst, np.int64)
+    # Node ids go into compiled code: checked as integers (1.5 is no node), never truncated.
+    src = _check_integral(src, "src").astype(np.int64)
+    dst = _check_integral(dst, "dst").astype(np.int64)
+    if src.ndim != 1:
+        raise ValueError(f"src and dst must be 1-D arrays of node ids, got shape {src.shape}.")
+    check_memory(16 * n_nodes, f"a graph of {n_nodes} nodes")  # parents and labels, int64
     if src.shape != dst.shape or (src.size and (min(src.min(), dst.min()) < 0
                                                 or max(src.max(), dst.max()) >= n_nodes)):
         raise ValueError(f"arcs must be pairs of node ids in 0..{n_nodes - 1}.")
@@ -211,6 +228,7 @@ class IdentifiabilityReport:
         """True when every queried column's co-occurrence graph is connected."""
         return bool((self.n_components[self.queried] == 1).all())
 
+    @validate_params({"max_rows": _COUNT}, prefer_skip_nested_validation=True)
     def summary(self, max_rows=20):
         """A text table, the worst columns first.
 
@@ -219,8 +237,6 @@ class IdentifiabilityReport:
         max_rows : int
             Most columns listed.
         """
-        if isinstance(max_rows, bool) or not isinstance(max_rows, Integral) or max_rows < 0:
-            raise ValueError(f"max_rows must be a non-negative integer, got {max_rows!r}.")
         K = self.n_tokens
         covered = self.n_identified
         lines = [
@@ -272,6 +288,35 @@ class IdentifiabilityReport:
     def __str__(self):
         return self.summary()
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the coverage per column and the identified logits.
+
+        Needs matplotlib (``pip install ccmc-estim[plot]``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+            Where to draw; a new figure when None.
+        **kwargs
+            Passed to :meth:`~ccmc_estim.IdentifiabilityDisplay.plot`.
+
+        Returns
+        -------
+        IdentifiabilityDisplay
+            With the figure (``figure_``), the axes (``ax_``) and the artists.
+
+        Examples
+        --------
+        >>> from ccmc_estim import identifiability_report
+        >>> disp = identifiability_report([[1, 2, 0], [2, 0], [0, 1]], [1, 0, 1]).plot()
+        >>> disp.coverage_ax_ is disp.ax_, disp.pattern_ax_ is disp.axes_[1]
+        (True, True)
+        >>> import matplotlib.pyplot as plt; plt.close(disp.figure_)
+        """
+        from .plotting import IdentifiabilityDisplay
+
+        return IdentifiabilityDisplay.from_result(self, ax=ax, **kwargs)
+
 
 def report_from_columns(cd, dominant=True, sparse=False):
     """:class:`IdentifiabilityReport` of a column problem (with outputs when it has them)."""
@@ -297,6 +342,11 @@ def report_from_columns(cd, dominant=True, sparse=False):
     return report
 
 
+@validate_params(
+    {"n_tokens": [None, number(Integral, 1, None, closed="left")],
+     "sparse": [StrOptions({"auto"}), "boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def identifiability_report(prompts, outputs=None, *, n_tokens=None, sparse="auto"):
     """Which logits a data set identifies, and whether their finite MLE exists.
 
@@ -325,8 +375,6 @@ def identifiability_report(prompts, outputs=None, *, n_tokens=None, sparse="auto
     >>> rep.identified[:, 0].tolist()
     [True, True, True, False]
     """
-    if sparse != "auto" and not isinstance(sparse, (bool, np.bool_)):
-        raise ValueError(f"sparse must be 'auto', True or False, got {sparse!r}.")
     flat, indptr, K = validate_prompts(prompts, n_tokens)
     if outputs is not None:
         outputs = check_outputs(outputs, indptr.size - 1, K)
@@ -441,87 +489,187 @@ def normal_quantile(level):
 # --------------------------------------------------------------------------- comparison
 @dataclass(eq=False)
 class ModelComparison:
-    """Held-out comparison of a CCMC with the base Markov chain and a unigram model.
+    """Held-out comparison of models scored on the same pairs (see :func:`compare_models`).
 
     Attributes
     ----------
     mean_log_likelihood : dict
-        Model name -> mean held-out log-likelihood per output.  For ``"ccmc"`` this is ``-inf``
-        as soon as one held-out output is absent from its prompt; ``"ccmc (in prompt)"`` averages
-        over the others.
-    n_outside_prompt : int
-        Held-out outputs that do not occur in their prompt (probability zero under any CCMC).
+        ``{"all pairs": {model: value}, "covered pairs": {model: value}}``: mean held-out
+        log-likelihood per pair.  Every model of a block is scored on exactly the same pairs:
+        all held-out pairs, or the covered ones (output inside its prompt), where a pure CCMC
+        can be compared too.
+    cache_weight : dict
+        Block -> the cache model's base-chain weight, tuned on the held-out pairs of that block.
     n_test : int
+        Held-out pairs.
+    n_covered : int
+        Held-out pairs whose output occurs in its prompt (never counting the unknown token).
     """
 
     mean_log_likelihood: dict
-    n_outside_prompt: int
+    cache_weight: dict
     n_test: int
+    n_covered: int
+
+    @property
+    def n_outside_prompt(self):
+        return self.n_test - self.n_covered
 
     def summary(self):
-        lines = [
-            f"Held-out comparison on {self.n_test} outputs "
-            f"({self.n_outside_prompt} outside their prompt):",
-            f"{'model':<20} {'mean log-lik':>14}",
-        ]
-        for name, value in self.mean_log_likelihood.items():
-            lines.append(f"{name:<20} {value:>14.5f}")
-        return "\n".join(lines)
+        """Both blocks as a text table, with what each row is scored on."""
+        lines = ["Held-out comparison: mean log-likelihood per pair (higher is better).",
+                 ""]
+        counts = {"all pairs": self.n_test, "covered pairs": self.n_covered}
+        notes = {"all pairs": "every held-out pair",
+                 "covered pairs": "pairs whose output occurs in its prompt; a pure CCMC "
+                                  "can only be scored here"}
+        for block, rows in self.mean_log_likelihood.items():
+            lines.append(f"{block} ({counts[block]} pairs: {notes[block]})")
+            for name, value in rows.items():
+                extra = ""
+                if name.startswith("cache"):
+                    extra = f"  (base-chain weight {self.cache_weight[block]:.3f}, tuned)"
+                lines.append(f"  {name:<22} {value:>12.5f}{extra}")
+            lines.append("")
+        return "\n".join(lines).rstrip()
 
     def __str__(self):
         return self.summary()
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the mean held-out log-likelihoods as horizontal bars.
+
+        Needs matplotlib (``pip install ccmc-estim[plot]``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+            Where to draw; a new figure when None.
+        **kwargs
+            Passed to :meth:`~ccmc_estim.ModelComparisonDisplay.plot`.
+
+        Returns
+        -------
+        ModelComparisonDisplay
+            With the figure (``figure_``), the axes (``ax_``) and the artists.
+
+        Examples
+        --------
+        >>> from ccmc_estim.diagnostics import ModelComparison
+        >>> cmp = ModelComparison({"all pairs": {"base chain": -2.0},
+        ...                        "covered pairs": {"ccmc": -1.2, "base chain": -1.9}},
+        ...                       cache_weight={}, n_test=100, n_covered=90)
+        >>> disp = cmp.plot()
+        >>> list(disp.bars_), disp.ax_.get_title()
+        (['all pairs', 'covered pairs'], 'held-out comparison on 100 pairs (90 covered)')
+        >>> import matplotlib.pyplot as plt; plt.close(disp.figure_)
+        """
+        from .plotting import ModelComparisonDisplay
+
+        return ModelComparisonDisplay.from_result(self, ax=ax, **kwargs)
+
 
 def compare_models(estimator, prompts_train, outputs_train, prompts_test, outputs_test,
-                   smoothing=0.5):
-    """Compare a fitted CCMC with a base Markov chain and a unigram model on held-out data.
+                   smoothing="witten-bell"):
+    """Score a fitted model and the standard baselines on the same held-out pairs.
 
-    The base chain ``P(y | q)`` and the unigram ``P(y)`` are fitted on the training data by
-    smoothed frequencies (``smoothing`` added to every count), ignoring prompt histograms.
+    Two blocks.  **All pairs**: the fitted model when it can score every pair (a
+    :class:`~ccmc_estim.MixtureCCMCEstimator`), the base chain (a smoothed bigram of the
+    training pairs), the unigram, and the cache model ``lam B[y, q] + (1 - lam) m_y / L``
+    (the bigram interpolated with the prompt's token frequencies) with ``lam`` tuned on the
+    held-out pairs themselves (generous to the baseline).  **Covered pairs** (output inside its
+    prompt): the same models on that subset, plus the pure CCMC (the estimator itself, or a
+    mixture's copy part), which gives probability zero elsewhere.  The unknown token of a
+    mixture (``unknown_id``) is never copied, by the cache model either.
 
     Parameters
     ----------
-    estimator : fitted CCMCEstimator
-    prompts_train, outputs_train : training data of the estimator
-    prompts_test, outputs_test : held-out data
-    smoothing : float
-        Additive smoothing of the baseline frequencies.
+    estimator : fitted CCMCEstimator, PositionalCCMCEstimator or MixtureCCMCEstimator
+    prompts_train, outputs_train : the estimator's training pairs (for the baselines)
+    prompts_test, outputs_test : held-out pairs
+    smoothing : "witten-bell" or float
+        Smoothing of the baseline bigram, as for the mixture's base chain.
 
     Returns
     -------
     ModelComparison
+
+    Examples
+    --------
+    >>> from ccmc_estim import CCMCEstimator, compare_models, make_ccmc_data
+    >>> X, y, _ = make_ccmc_data(3000, 5, 8, random_state=0)
+    >>> est = CCMCEstimator().fit(X[:2000], y[:2000])
+    >>> cmp = compare_models(est, X[:2000], y[:2000], X[2000:], y[2000:])
+    >>> sorted(cmp.mean_log_likelihood["covered pairs"])
+    ['base chain', 'cache (tuned)', 'ccmc', 'unigram']
     """
+    from scipy.optimize import minimize_scalar
+
+    from .mixture import MixtureCCMCEstimator, fit_base_chain
+
     check_is_fitted(estimator, "model_")
-    if isinstance(smoothing, bool) or not isinstance(smoothing, Real) or not (
-            0 < smoothing < np.inf):
-        raise ValueError(f"smoothing must be a positive finite number, got {smoothing!r}.")
+    if not (isinstance(smoothing, str) and smoothing == "witten-bell") and (
+            isinstance(smoothing, bool) or not isinstance(smoothing, Real)
+            or not 0 < smoothing < np.inf):
+        raise ValueError("smoothing must be 'witten-bell' or a positive finite number, got "
+                         f"{smoothing!r}.")
     K = estimator.n_tokens_
     flat, indptr, _ = validate_prompts(prompts_train, K)
     y_train = check_outputs(outputs_train, indptr.size - 1, K)
     q_train = flat[indptr[1:] - 1].astype(np.int64)
+    del flat, indptr
+    chain = fit_base_chain(q_train, y_train, np.ones(y_train.size), K, smoothing)
     test = prompt_stats(prompts_test, K)
     y_test = check_outputs(outputs_test, test.n_prompts, K)
     q_test = test.query.astype(np.int64)
-    # Smoothed bigram counts looked up by (query, output) key: memory in proportion to the
-    # pairs, never K x K.
-    keys, counts = np.unique(q_train * K + y_train, return_counts=True)
-    probe = q_test * K + y_test
-    pos = np.minimum(np.searchsorted(keys, probe), max(keys.size - 1, 0))
-    c = np.where(keys[pos] == probe, counts[pos], 0)
-    row = np.bincount(q_train, minlength=K)[q_test]
-    s = float(smoothing)
-    base = np.log((c + s) / (row + K * s))
-    uni = np.bincount(y_train, minlength=K) + s
-    uni = uni / uni.sum()
-    ll = estimator.score_samples(prompts_test, y_test)
-    inside = np.isfinite(ll)
-    result = {
-        "ccmc": float(ll.mean()) if inside.all() else -np.inf,
-        "ccmc (in prompt)": float(ll[inside].mean()) if inside.any() else np.nan,
-        "base chain": float(base.mean()),
-        "unigram": float(np.log(uni[y_test]).mean()),
-    }
-    return ModelComparison(result, int((~inside).sum()), int(test.n_prompts))
+    mixture = isinstance(estimator, MixtureCCMCEstimator)
+    unk = estimator.unknown_id if mixture else None
+    entries = test.output_entries(y_test)
+    found = entries >= 0
+    if unk is not None:
+        found &= y_test != unk
+    counts = np.bincount(test.row, weights=test.counts, minlength=test.n_prompts)
+    if unk is not None:  # the unknown token is not copyable: remove it from the lengths
+        counts -= np.bincount(test.row, weights=test.counts * (test.tokens == unk),
+                              minlength=test.n_prompts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(found, test.counts[np.maximum(entries, 0)] / counts, 0.0)
+    log_base = chain.log_proba(q_test, y_test)
+    log_uni = np.log(chain.unigram[y_test])
+    if mixture:
+        log_model = estimator.score_samples(prompts_test, y_test)
+        stats, logp = estimator.model_._parts(prompts_test)
+        e = stats.output_entries(y_test)
+        log_ccmc = np.where((e >= 0) & found, logp[np.maximum(e, 0)], -np.inf)
+    else:
+        log_ccmc = estimator.score_samples(prompts_test, y_test)
+
+    def cache(mask):
+        b = np.exp(log_base[mask])
+        s = share[mask]
+
+        def loss(lam):
+            with np.errstate(divide="ignore"):
+                return -np.mean(np.log(lam * b + (1 - lam) * s))
+
+        res = minimize_scalar(loss, bounds=(1e-6, 1.0), method="bounded",
+                              options={"xatol": 1e-6})
+        return -float(res.fun), float(res.x)
+
+    blocks, weights = {}, {}
+    for block, mask in (("all pairs", np.ones(y_test.size, bool)), ("covered pairs", found)):
+        rows = {}
+        if not mask.any():
+            continue
+        if mixture:
+            rows["mixture"] = float(log_model[mask].mean())
+        if block == "covered pairs":
+            rows["ccmc"] = float(log_ccmc[mask].mean())
+        rows["base chain"] = float(log_base[mask].mean())
+        rows["unigram"] = float(log_uni[mask].mean())
+        rows["cache (tuned)"], weights[block] = cache(mask)
+        blocks[block] = rows
+    return ModelComparison(blocks, weights, int(y_test.size), int(found.sum()))
 
 
 def likelihood_ratio_test(full, restricted):

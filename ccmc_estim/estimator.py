@@ -6,7 +6,6 @@ from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
-from joblib import effective_n_jobs
 from scipy import sparse as sp
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -24,7 +23,9 @@ from ._stats import (
     check_outputs,
     check_random_state,
     check_sample_weight,
+    n_threads,
     number,
+    validate_params,
     validate_prompts,
 )
 from .diagnostics import (
@@ -34,15 +35,25 @@ from .diagnostics import (
     report_from_columns,
     use_sparse,
 )
+from .distributed import is_dask_collection
 from .model import CCMC, PositionalCCMC, check_position_bias
 
 _SOLVERS = ("auto", "newton", "newton-cg")
 
 
 def weight_scale(weight):
-    """Divisor that keeps huge weights from overflowing sums (any finite weights work; the
-    minimiser does not change when the weights and the penalty are divided alike)."""
-    return max(1.0, float(weight.max()) / 1e100)
+    """Divisor that keeps huge weights from overflowing sums and tiny ones from looking
+    converged at the start (the stopping rule scales the gradient by the column's weight, at
+    least 1, so weights of 1e-300 stopped at zero logits).  Any finite weights work: the
+    minimiser does not change when the weights and the penalty are divided alike."""
+    top = float(weight.max())
+    if top < 1.0:
+        return top if top > 0.0 else 1.0
+    return max(1.0, top / 1e100)
+
+
+def _any_dask(*args):
+    return any(is_dask_collection(a) for a in args)
 
 
 def _list_columns(cols, limit=10):
@@ -92,7 +103,8 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         Start from the previous solution when refitting with the same vocabulary.
     n_jobs : int or None, default=None
-        Threads over columns (``-1``: all cores).  Results do not depend on it.
+        Threads over columns; None uses every core (``-1`` too), as scikit-learn's compiled
+        estimators do.  Results do not depend on it.
     verbose : int, default=0
         Print a summary of the fit when positive.
 
@@ -212,7 +224,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             tol=self.tol,
             max_iter=self.max_iter,
             solver=self.solver,
-            n_jobs=effective_n_jobs(self.n_jobs),
+            n_jobs=n_threads(self.n_jobs),
             info_max=DENSE_MAX,
         )
 
@@ -229,11 +241,21 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         sample_weight : array-like of shape (n,), float or None
             Non-negative weights; a weight of 2 equals a duplicated sample, 0 a removed one.
 
+        Dask collections (a 2-D ``dask.array`` of prompts with 1-D ones of outputs and
+        weights, or the pair that :func:`ccmc_estim.distributed.windows` cuts from a
+        ``dask.bag`` of sequences) are fitted on the current Dask scheduler without any
+        process holding all the data (see :func:`ccmc_estim.distributed.fit`); the fitted
+        estimator is the same as in memory.
+
         Returns
         -------
         self
         """
         self._validate_params()
+        if _any_dask(prompts, outputs, sample_weight):
+            from . import distributed
+
+            return distributed.fit(self, prompts, outputs, sample_weight)
         t0 = time.perf_counter()
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
@@ -274,19 +296,31 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
     def _store(self, problem, theta, solution, weight, bias=None, n_bias_params=0, scale=1.0):
         """Check a solution and set the fitted attributes from it."""
         # Sink components (always-winning groups) only matter for the alpha=0 warning.
-        K = problem.n_tokens
-        sparse = use_sparse(self.sparse, K, problem.n_params)
+        sparse = use_sparse(self.sparse, problem.n_tokens, problem.n_params)
         report = report_from_columns(problem, dominant=self.alpha == 0, sparse=sparse)
+        self._assemble(report, theta, solution, float(weight.sum()), bias, n_bias_params, scale)
+
+    def _assemble(self, report, theta, solution, n_obs, bias=None, n_bias_params=0, scale=1.0):
+        """Set the fitted attributes from the identifiability report and the solution of every
+        column; shared by the in-memory fit and the Dask fit, which merges both from column
+        blocks solved on the workers (``report.id_ptr``/``id_tokens`` give the layout)."""
+        K = report.n_tokens
+        sparse = report.sparse
         self._check_solution(report, solution.status)
         # A learned bias is penalised like the logits; a fixed one is not a parameter.
         bias_penalty = 0.5 * self.alpha * float(bias @ bias) if n_bias_params else 0.0
         penalty = 0.5 * self.alpha * float(theta @ theta) + bias_penalty
         # Centre each column over its identified entries (the reported gauge).
-        sizes = np.diff(problem.id_ptr)
-        means = np.add.reduceat(theta, problem.id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
+        id_ptr, id_tokens = report.id_ptr, report.id_tokens
+        sizes = np.diff(id_ptr)
+        means = np.add.reduceat(theta, id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
         theta = theta - np.repeat(means, sizes[sizes > 0])
-        self._columns = (problem.id_ptr, problem.id_tokens)
-        self.logits_ = problem.to_csc(theta) if sparse else problem.to_dense(theta)
+        self._columns = (id_ptr, id_tokens)
+        if sparse:
+            self.logits_ = sp.csc_array((theta, id_tokens, id_ptr), shape=(K, K))
+        else:
+            self.logits_ = np.zeros((K, K))
+            self.logits_[id_tokens, np.repeat(np.arange(K), sizes)] = theta
         self.identified_ = report.identified
         self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
         self.classes_ = np.arange(K)
@@ -296,9 +330,10 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         self.identifiability_ = report
         self.log_likelihood_ = -(self.objective_ - penalty)
         self.n_free_params_ = report.n_free_params + n_bias_params
-        n_obs = float(weight.sum())
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
-        self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
+        # No free parameter costs nothing, even when the total weight overflows (inf * 0).
+        log_n = np.log(max(n_obs, 1.0)) if self.n_free_params_ else 0.0
+        self.bic_ = log_n * self.n_free_params_ - 2.0 * self.log_likelihood_
         self._information = (solution.information, solution.information_diag, scale)
         self._uncertainty_cache = None
 
@@ -384,6 +419,11 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         """
         return self._uncertainty().min_eig
 
+    @validate_params(
+        {"level": [number(Real, 0, 1, closed="neither")],
+         "kind": [StrOptions({"logits", "transition"})]},
+        prefer_skip_nested_validation=True,
+    )
     def confidence_intervals(self, level=0.95, kind="logits"):
         """Normal-approximation intervals for the centred logits or the base-chain transitions.
 
@@ -432,6 +472,10 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         return self.model_
 
+    def _fitted(self):
+        check_is_fitted(self, "model_")
+        return self
+
     def predict_proba(self, prompts):
         """Next-token probabilities, shape ``(n, n_tokens_)``; zero for tokens not in a prompt.
 
@@ -449,12 +493,22 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         return self._model().predict_log_proba(prompts)
 
     def predict(self, prompts):
-        """Most probable next token of each prompt."""
+        """Most probable next token of each prompt (a lazy ``dask.array`` for a Dask
+        array of prompts)."""
+        if is_dask_collection(prompts):
+            from . import distributed
+
+            return distributed.predict(self._fitted(), prompts)
         model = self._model()
         return self.classes_[model.predict(prompts)]
 
     def score_samples(self, prompts, outputs):
-        """Log-likelihood of each output given its prompt (``-inf`` if absent from the prompt)."""
+        """Log-likelihood of each output given its prompt (``-inf`` if absent from the prompt);
+        a lazy ``dask.array`` for Dask collections."""
+        if _any_dask(prompts, outputs):
+            from . import distributed
+
+            return distributed.score_samples(self._fitted(), prompts, outputs)
         return self._model().log_likelihood(prompts, outputs)
 
     def score(self, prompts, outputs, sample_weight=None):
@@ -462,8 +516,13 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
 
         The log-likelihood is a strictly proper scoring rule, so model selection by ``score``
         (as ``GridSearchCV`` does by default) picks the best-calibrated penalty.  Outputs absent
-        from their prompt have probability zero and make the score ``-inf``.
+        from their prompt have probability zero and make the score ``-inf``.  For Dask
+        collections it is computed on the workers.
         """
+        if _any_dask(prompts, outputs, sample_weight):
+            from . import distributed
+
+            return distributed.score(self._fitted(), prompts, outputs, sample_weight)
         ll = self.score_samples(prompts, outputs)
         w = check_sample_weight(sample_weight, ll.size)
         hit = w > 0
@@ -588,6 +647,8 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self
         """
         self._validate_params()
+        if _any_dask(prompts, outputs, sample_weight):
+            return self._fit_dask(prompts, outputs, sample_weight)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
         cd0 = build_columns(flat, indptr, K, outputs, weight)
@@ -631,6 +692,25 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self.objective_path_ = scale * np.array(path)
         self.n_bias_iter_ = n_outer
         self._store(cd, theta, solution, weight, bias=b, n_bias_params=D, scale=scale)
+        self.position_bias_ = b
+        return self
+
+    def _fit_dask(self, prompts, outputs, sample_weight):
+        """A fixed bias leaves one convex problem per column, fitted on Dask like the plain
+        CCMC; a learned bias couples all columns at every L-BFGS step, which is in memory
+        only."""
+        if self.position_bias is None:
+            raise ValueError(
+                "PositionalCCMCEstimator learns its position bias in memory only (every step "
+                "of the bias search solves all columns): pass in-memory arrays, or fix the bias "
+                "(position_bias=...) to fit Dask collections, e.g. with the bias learned on a "
+                "sample that fits in memory.")
+        from . import distributed
+
+        b = check_position_bias(self.position_bias).copy()
+        distributed.fit(self, prompts, outputs, sample_weight, position_bias=b)
+        self.objective_path_ = np.array([self.objective_])
+        self.n_bias_iter_ = 0
         self.position_bias_ = b
         return self
 

@@ -8,14 +8,27 @@ import numpy as np
 from . import _kernels
 from ._stats import (
     PromptStats,
+    check_memory,
     check_n_tokens,
     check_random_state,
+    number,
+    validate_params,
     validate_prompts,
 )
 from .model import CCMC, PositionalCCMC
 
 
 def _check_model(model, positional=True):
+    from .mixture import MixtureCCMC
+
+    if isinstance(model, MixtureCCMC):
+        if not positional:
+            raise TypeError(
+                "this analysis assumes the plain CCMC dynamics, whose support never grows; a "
+                "MixtureCCMC also generates new tokens. Simulate it with generate instead, or "
+                "analyse its copy part, model.ccmc."
+            )
+        return model
     if not isinstance(model, CCMC):
         raise TypeError(f"model must be a CCMC, got {type(model).__name__}.")
     if not positional and isinstance(model, PositionalCCMC):
@@ -32,6 +45,9 @@ def _run(model, prompt, window, u, out):
     Generation never leaves the prompt's distinct tokens, so it runs on the small dense block
     of logits among them, in local ids: memory and time per step independent of ``K``.
     """
+    if not isinstance(model, CCMC):  # a MixtureCCMC: its support grows
+        model._generate(prompt, window, u, out)
+        return
     support, context = np.unique(prompt, return_inverse=True)
     block = model.support_block(support)
     if isinstance(model, PositionalCCMC):
@@ -56,33 +72,51 @@ def _check_prompt(prompt, n_tokens=None, what="prompt"):
     return flat
 
 
-def _check_steps(n_steps):
+# Any window at least as long as the whole context grows it, so larger windows are clamped to
+# this: the compiled kernels take int64, and no context in memory comes near 2**62 tokens.
+_WINDOW_MAX = 2**62
+
+# Declarative constraints of the generation parameters (checked by ``validate_params``).
+_STEPS = [number(Integral, 0, None, closed="left")]
+_POSITIVE = [number(Integral, 1, None, closed="left")]
+_WINDOW = [None, *_POSITIVE]
+
+
+def _check_steps(n_steps, n_trajectories=1, n_context=0):
+    """``n_steps`` as an int, once the arrays of a run (one uniform, one token per step, and
+    the context of a positional model) are known to fit in memory."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, Integral):
         raise TypeError(f"n_steps must be an integer, got {n_steps!r}.")
     if n_steps < 0:
         raise ValueError(f"n_steps must be >= 0, got {n_steps}.")
+    check_memory(n_trajectories * 16 * int(n_steps) + 8 * (n_context + int(n_steps)),
+                 f"generating n_steps={n_steps} tokens")
     return int(n_steps)
 
 
 def _check_window(window):
+    """0 for a growing context, else the window clamped to ``_WINDOW_MAX``."""
     if window is None:
         return 0
     if isinstance(window, bool) or not isinstance(window, Integral) or window < 1:
         raise ValueError(f"window must be None or a positive integer, got {window!r}.")
-    return int(window)
+    return int(min(window, _WINDOW_MAX))
 
 
+@validate_params({"n_steps": _STEPS, "window": _WINDOW}, prefer_skip_nested_validation=True)
 def generate(model, prompt, n_steps, *, window=None, random_state=None):
     """Generate ``n_steps`` tokens autoregressively from one prompt.
 
     Each step draws the next token from the CCMC of the current context, appends it and makes it
     the next query.  Compiled, with the token counts updated incrementally: a step costs
     ``O(number of distinct prompt tokens)`` (plus ``O(len(position_bias))`` for a
-    :class:`PositionalCCMC`, which weighs each context position by its bias).
+    :class:`PositionalCCMC`, which weighs each context position by its bias).  A
+    :class:`MixtureCCMC` copies from the context or generates from its base chain at each step,
+    so its support grows; a step costs ``O(distinct context tokens x log K)``.
 
     Parameters
     ----------
-    model : CCMC or PositionalCCMC
+    model : CCMC, PositionalCCMC or MixtureCCMC
     prompt : 1-D sequence of int
     n_steps : int
     window : int or None
@@ -105,14 +139,21 @@ def generate(model, prompt, n_steps, *, window=None, random_state=None):
     """
     model = _check_model(model)
     prompt = _check_prompt(prompt, model.n_tokens)
-    n_steps = _check_steps(n_steps)
+    n_steps = _check_steps(n_steps, n_context=prompt.size)
     window = _check_window(window)
-    u = check_random_state(random_state).random(n_steps)
+    u = check_random_state(random_state).random((n_steps, *_draws_per_step(model)))
     out = np.empty(n_steps, np.int64)
     _run(model, prompt, window, u, out)
     return out
 
 
+def _draws_per_step(model):
+    """Uniforms per generated token: one for a CCMC, three for a mixture (copy or generate,
+    from counts or unigram, which token)."""
+    return () if isinstance(model, CCMC) else (3,)
+
+
+@validate_params({"n_steps": _STEPS, "window": _WINDOW}, prefer_skip_nested_validation=True)
 def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     """Generate many independent trajectories, one per prompt.
 
@@ -130,9 +171,10 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
     """
     model = _check_model(model)
     flat, indptr, _ = validate_prompts(prompts, model.n_tokens)
-    n_steps = _check_steps(n_steps)
+    n_steps = _check_steps(n_steps, indptr.size - 1, int(np.diff(indptr).max()))
     window = _check_window(window)
-    u = check_random_state(random_state).random((indptr.size - 1, n_steps))
+    u = check_random_state(random_state).random((indptr.size - 1, n_steps,
+                                                 *_draws_per_step(model)))
     out = np.empty((indptr.size - 1, n_steps), np.int64)
     for i in range(indptr.size - 1):
         _run(model, flat[indptr[i] : indptr[i + 1]], window, u[i], out[i])
@@ -221,6 +263,37 @@ class WinnerAnalysis:
 
     def __str__(self):
         return self.summary()
+
+    def plot(self, ax=None, **kwargs):
+        """Draw the prompt's shares, the predicted limit and the stable limits.
+
+        Needs matplotlib (``pip install ccmc-estim[plot]``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+            Where to draw; a new figure when None.
+        **kwargs
+            Passed to :meth:`~ccmc_estim.WinnerDisplay.plot`.
+
+        Returns
+        -------
+        WinnerDisplay
+            With the figure (``figure_``), the axes (``ax_``) and the artists.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ccmc_estim import CCMC, winner_analysis
+        >>> W = np.array([[2.0, 0.0], [0.0, 0.0]])
+        >>> disp = winner_analysis(CCMC(W), [0, 1, 1]).plot()
+        >>> bool(disp.limit_bars_[0].get_height() > 0.99)
+        True
+        >>> import matplotlib.pyplot as plt; plt.close(disp.figure_)
+        """
+        from .plotting import WinnerDisplay
+
+        return WinnerDisplay.from_result(self, ax=ax, **kwargs)
 
 
 def winner_analysis(model, prompt, *, n_starts=10, threshold=1e-3, random_state=0):
@@ -315,6 +388,7 @@ class CollapseProfile:
     window: int
     ngram: int
 
+    @validate_params({"rows": _POSITIVE}, prefer_skip_nested_validation=True)
     def summary(self, rows=8):
         idx = np.unique(np.linspace(0, self.steps.size - 1, min(rows, self.steps.size)).astype(int))
         lines = [f"{'step':>9} {'leader':>6} {'share':>6} {'entropy':>7} "
@@ -330,7 +404,41 @@ class CollapseProfile:
     def __str__(self):
         return self.summary()
 
+    def plot(self, ax=None, **kwargs):
+        """Draw the collapse curves against the generated tokens.
 
+        Needs matplotlib (``pip install ccmc-estim[plot]``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes or None
+            Where to draw; a new figure when None.
+        **kwargs
+            Passed to :meth:`~ccmc_estim.CollapseProfileDisplay.plot`.
+
+        Returns
+        -------
+        CollapseProfileDisplay
+            With the figure (``figure_``), the axes (``ax_``) and the artists.
+
+        Examples
+        --------
+        >>> from ccmc_estim import collapse_profile
+        >>> disp = collapse_profile([1, 2, 1, 1, 1, 1], prompt=[2, 1], window=4, ngram=2).plot()
+        >>> float(disp.lines_["leading_share"].get_ydata()[-1])
+        0.75
+        >>> import matplotlib.pyplot as plt; plt.close(disp.figure_)
+        """
+        from .plotting import CollapseProfileDisplay
+
+        return CollapseProfileDisplay.from_result(self, ax=ax, **kwargs)
+
+
+@validate_params(
+    {"n_tokens": [None, *_POSITIVE], "window": _POSITIVE, "ngram": _POSITIVE,
+     "n_points": _POSITIVE},
+    prefer_skip_nested_validation=True,
+)
 def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngram=4,
                      n_points=50):
     """Measure how a generated trajectory collapses onto a few repeated tokens.
@@ -365,10 +473,8 @@ def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngra
     traj = _check_prompt(trajectory, limit, "trajectory")
     base = np.zeros(0, np.int32) if prompt is None else _check_prompt(prompt, limit)
     K = int(max(traj.max(), base.max() if base.size else 0)) + 1 if n_tokens is None else limit
-    for name, v in (("window", window), ("ngram", ngram), ("n_points", n_points)):
-        if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
     N = traj.size
+    span = min(int(window), N)  # a window beyond the trajectory is all of it (no int overflow)
     if n_points >= N:
         steps = np.arange(1, N + 1)
     else:
@@ -387,8 +493,8 @@ def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngra
         lead_tok[i] = np.argmax(p)
         lead_share[i] = p[lead_tok[i]]
         nz = p[p > 0]
-        entropy[i] = float(-(nz * np.log(nz)).sum())
-        recent = traj[max(0, t - window) : t]
+        entropy[i] = 0.0 - float((nz * np.log(nz)).sum())  # 0.0 - : never print -0.000
+        recent = traj[max(0, t - span) : t]
         distinct[i] = np.unique(recent).size
         if recent.size >= ngram:
             grams = np.lib.stride_tricks.sliding_window_view(recent, ngram)
@@ -399,6 +505,7 @@ def collapse_profile(trajectory, prompt=None, *, n_tokens=None, window=100, ngra
 
 
 # --------------------------------------------------------------------------- one trajectory
+@validate_params({"window": _WINDOW}, prefer_skip_nested_validation=True)
 def trajectory_pairs(prompt, trajectory, *, window=None):
     """Training pairs from one trajectory: each context and the token that followed it.
 
@@ -427,7 +534,7 @@ def trajectory_pairs(prompt, trajectory, *, window=None):
     base = _check_prompt(prompt)
     traj = _check_prompt(trajectory, what="trajectory")
     window = _check_window(window)
-    seq = np.concatenate([base, traj])
+    seq = np.concatenate([base, traj]).astype(np.int64)  # int64 ids, as documented
     seq.setflags(write=False)
     start = base.size
     ends = np.arange(start, seq.size)

@@ -1,5 +1,7 @@
 """The context-conditioned Markov chain (THEORY.md sections 1 and 2)."""
 
+from numbers import Integral
+
 import numpy as np
 from scipy import sparse
 from scipy.special import softmax
@@ -8,7 +10,10 @@ from . import _kernels
 from ._columns import csc_parts
 from ._stats import (
     PromptStats,
+    _check_integral,
     _physical_memory,
+    check_memory,
+    check_n_tokens,
     check_outputs,
     check_random_state,
     prompt_stats,
@@ -19,18 +24,29 @@ from .attention import _as_float64, logits_from_attention
 def _check_logits(logits):
     """A private, read-only copy of dense ``(K, K)`` logits or canonical CSC parts of sparse
     ones, with every entry finite."""
+    # Booleans are refused as everywhere else (weights, biases, embeddings): True is no logit.
     if sparse.issparse(logits):
-        if logits.dtype.kind == "c":
-            raise TypeError("logits must be real numbers, got a complex sparse array.")
+        if logits.dtype.kind not in "iuf":
+            raise TypeError(f"logits must be real numbers, got a sparse array of dtype "
+                            f"{logits.dtype}.")
         shape = logits.shape
     else:
         logits = np.asarray(logits)
-        if logits.dtype.kind not in "biuf":
+        if logits.dtype.kind not in "iuf":
             raise TypeError(f"logits must be real numbers, got dtype {logits.dtype}.")
         shape = logits.shape
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
         raise ValueError(f"logits must be a square (K, K) matrix, got shape {shape}.")
+    check_n_tokens(shape[0])  # token ids are int32 in the kernels, per-token arrays fit memory
     if sparse.issparse(logits):
+        if logits.format in ("csr", "csc", "bsr"):
+            # scipy checks the index bounds of compressed arrays only on request: indices out
+            # of range would be read and written out of bounds (scipy's own conversions and
+            # the compiled kernels segfault on them).
+            try:
+                logits.check_format(full_check=True)
+            except ValueError as exc:
+                raise ValueError(f"logits is a malformed sparse array: {exc}") from None
         ptr, idx, val = (a.copy() for a in csc_parts(logits))
         bad = np.flatnonzero(~np.isfinite(val))
         if bad.size:
@@ -184,7 +200,15 @@ class CCMC:
 
     def support_block(self, support):
         """Dense logits ``logits[support][:, support]`` among a few tokens (0 where missing)."""
-        support = np.asarray(support, np.int64)
+        # Token ids as everywhere: a float is not truncated, nor a negative id wrapped around.
+        support = _check_integral(support, "support").astype(np.int64, copy=False)
+        if support.ndim != 1:
+            raise ValueError(f"support must be a 1-D array of token ids, got {support.shape}.")
+        bad = (support < 0) | (support >= self.n_tokens)
+        if bad.any():
+            raise ValueError(f"support holds token {support[bad][0]} outside the vocabulary "
+                             f"0..{self.n_tokens - 1}.")
+        check_memory(8 * support.size**2, f"a block of {support.size} tokens")
         if self._dense is not None:
             return self._dense[np.ix_(support, support)]
         return self.logits[:, support][support, :].toarray()
@@ -360,8 +384,12 @@ class CCMC:
         K = self.n_tokens
         if d is None:
             return np.eye(K), self.toarray(), np.eye(K)
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, Integral):
+            raise TypeError(f"d must be None or an integer, got {d!r}.")
         if d < K:
             raise ValueError(f"d must be at least K={K}, got {d}.")
+        # E, W_att and the QR factor of a d x d Gaussian: refuse before allocating them.
+        check_memory(8 * d * (3 * d + K), f"an attention layer of dimension d={d}")
         rng = check_random_state(random_state)
         Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
         E = Q[:K]
@@ -373,7 +401,8 @@ def check_position_bias(position_bias):
     b = np.array(position_bias)
     if b.dtype.kind not in "iuf" or b.dtype == bool:
         raise TypeError(f"position_bias must hold real numbers, got dtype {b.dtype}.")
-    if b.ndim > 1:
+    if b.ndim != 1:
+        # A scalar would silently mean "no bias" once shifted to b[0] = 0.
         raise ValueError(f"position_bias must be 1-D, got shape {b.shape}.")
     b = b.astype(np.float64).reshape(-1)
     if b.size == 0 or not np.isfinite(b).all():

@@ -31,6 +31,7 @@ from ccmc_estim import (
     CCMCEstimator,
     PositionalCCMC,
     PositionalCCMCEstimator,
+    PositionBiasDisplay,
     generate,
     likelihood_ratio_test,
 )
@@ -49,7 +50,8 @@ truth = PositionalCCMC(W, bias)
 # and the likelihood-ratio test rejects it.
 
 fig, ax = plt.subplots(figsize=(7, 4.4))
-ax.plot(np.arange(D + 1), bias, "k--", lw=2, label="truth  b[d] = -0.3 d")
+PositionBiasDisplay.from_model(truth, ax=ax, name="truth  b[d] = -0.3 d", color="k", ls="--",
+                               marker="none", lw=2)
 for n in (1_000, 10_000, 100_000):
     X = rng.integers(0, K, size=(n, 16))
     y = truth.sample(X, random_state=n)
@@ -65,11 +67,8 @@ for n in (1_000, 10_000, 100_000):
     err_plain = np.sqrt(np.mean((plain.logits_ - (W - W.mean(0))) ** 2))
     print(f"n={n:>7}: bias RMSE {err_b:.4f}, logits RMSE {err_w:.4f} (plain CCMC {err_plain:.4f}); "
           f"fit {t_pos:.2f} s vs plain {t_plain:.3f} s; LR {stat:.1f} on {df} df, p={p:.1e}")
-    ax.plot(np.arange(D + 1), est.position_bias_, "o-", label=f"fitted, n={n}")
-ax.set_xlabel("distance from the last token d")
-ax.set_ylabel("position bias b[d]")
+    PositionBiasDisplay.from_estimator(est, ax=ax, name=f"fitted, n={n}")
 ax.set_title("recovering an ALiBi-like bias")
-ax.legend()
 fig.tight_layout()
 plt.show()
 

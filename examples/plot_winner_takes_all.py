@@ -33,8 +33,21 @@ W_single[0, 0] = np.delete(W_single[:, 0], 0).max() + 0.7
 W_mixed = rng.standard_normal((K, K))
 W_mixed[np.diag_indices(K)] = W_mixed.min(axis=0) - 1.0
 
-print(winner_analysis(CCMC(W_single), prompt).summary())
-print(winner_analysis(CCMC(W_mixed), prompt).summary())
+# %%
+# What ``winner_analysis`` predicts
+# ---------------------------------
+# Bars: each token's share of the prompt and of the limit the mean-field dynamics reach from
+# it; circles: every stable limit found (``*`` marks self-dominant tokens).
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for ax, W, title in ((axes[0], W_single, "one self-dominant token"),
+                     (axes[1], W_mixed, "no self-dominant token")):
+    analysis = winner_analysis(CCMC(W), prompt)
+    print(analysis.summary())
+    analysis.plot(ax=ax)
+    ax.set_title(title)
+fig.tight_layout()
+plt.show()
 
 # %%
 # A growing context
@@ -79,24 +92,19 @@ plt.show()
 # ----------------
 # With a fixed context of 32 tokens the process is a finite-state Markov chain on windows, and
 # the winners show up as long runs: the window locks onto them and the rate of repeated 4-grams
-# climbs towards 1.
+# climbs towards 1 (right: ``collapse_profile(...).plot()``).
 
 model = CCMC(W_mixed)
 traj = generate(model, prompt, 3_000, window=32, random_state=0)
 prof = collapse_profile(traj, prompt, window=32, n_points=40)
 print(prof.summary())
 
-fig, ax = plt.subplots(figsize=(8, 4.6))
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
 ax.scatter(np.arange(traj.size), traj, c=colors[traj], s=3)
-ax2 = ax.twinx()
-ax2.plot(prof.steps, prof.repetition_rate, color="k", lw=1.5, label="4-gram repetition")
-ax2.set_ylim(0, 1.05)
-ax2.set_ylabel("repetition rate (last 32 tokens)")
 ax.set_xlabel("generated tokens")
 ax.set_ylabel("token")
-ax.set_title(
-    "no self-dominant token, sliding window of 32:\nthe window locks onto the predicted winners"
-)
-ax2.legend(loc="center right", fontsize=8)
+ax.set_title("no self-dominant token, sliding window of 32")
+prof.plot(ax=ax2)
+ax2.set_title("the window locks onto the predicted winners")
 fig.tight_layout()
 plt.show()

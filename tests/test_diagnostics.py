@@ -141,7 +141,8 @@ def test_information_criteria_and_comparison():
     yt = yt.copy()
     yt[0] = next(t for t in range(5) if t not in Xt[0]) if len(set(Xt[0])) < 5 else yt[0]
     cmp = compare_models(est, X, y, Xt, yt)
-    ll_ = cmp.mean_log_likelihood
-    assert ll_["ccmc (in prompt)"] > ll_["base chain"] > ll_["unigram"] - 0.05
+    ll_ = cmp.mean_log_likelihood["covered pairs"]
+    assert ll_["ccmc"] > ll_["base chain"] > ll_["unigram"] - 0.05
+    assert "ccmc" not in cmp.mean_log_likelihood["all pairs"]
     assert cmp.n_outside_prompt == (0 if yt[0] in Xt[0] else 1)
     assert "unigram" in cmp.summary()

@@ -1,0 +1,184 @@
+"""The copy-and-generate mixture: likelihood against a plain numpy twin, monotone EM, recovery
+of known parameters, baselines of compare_models against independent computations."""
+
+import numpy as np
+import pytest
+from scipy import sparse
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
+
+from ccmc_estim import (
+    CCMC,
+    BaseChain,
+    CCMCEstimator,
+    MixtureCCMC,
+    MixtureCCMCEstimator,
+    compare_models,
+)
+
+
+def _random_mixture(rng, K, unknown_id=None):
+    W = rng.normal(0, 1.5, (K, K))
+    counts = sparse.csc_array(rng.poisson(2.0, (K, K)) * (rng.random((K, K)) < 0.4))
+    u = rng.dirichlet(np.ones(K))
+    chain = BaseChain(counts, rng.uniform(0.5, 3, K), u)
+    return MixtureCCMC(CCMC(W), chain, rng.uniform(0.1, 0.9, K), unknown_id)
+
+
+def _reference_proba(model, prompts):
+    """Plain numpy: lam_q * m_k e^{W[k,q]} / Z + (1 - lam_q) * B[:, q], one prompt at a time."""
+    K = model.n_tokens
+    W = model.ccmc.toarray()
+    B = model.base_chain.counts.toarray()
+    beta = model.base_chain.prior_weight
+    u = model.base_chain.unigram
+    out = []
+    for p in prompts:
+        q = p[-1]
+        m = np.bincount(p, minlength=K).astype(float)
+        if model.unknown_id is not None:
+            m[model.unknown_id] = 0
+        c = m * np.exp(W[:, q])
+        c = c / c.sum() if c.sum() > 0 else c
+        base = (B[:, q] + beta[q] * u) / (B[:, q].sum() + beta[q])
+        lam = model.copy_weight[q] if c.sum() > 0 else 0.0  # nothing to copy: generate
+        out.append(lam * c + (1 - lam) * base)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("unknown_id", [None, 0])
+def test_probabilities_match_numpy_twin(rng, unknown_id):
+    model = _random_mixture(rng, 7, unknown_id)
+    prompts = [rng.integers(0, 7, rng.integers(1, 9)) for _ in range(40)]
+    prompts.append(np.array([0, 0]))  # only the unknown token: nothing can be copied
+    P = model.predict_proba(prompts)
+    np.testing.assert_allclose(P, _reference_proba(model, prompts), rtol=1e-12)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    y = rng.integers(0, 7, len(prompts))
+    np.testing.assert_allclose(model.log_likelihood(prompts, y),
+                               np.log(P[np.arange(len(y)), y]), rtol=1e-12)
+    np.testing.assert_array_equal(model.predict(prompts), P.argmax(axis=1))
+
+
+def test_unknown_token_is_never_copied(rng):
+    model = _random_mixture(rng, 5, unknown_id=0)
+    P = model.predict_proba([[0, 0, 0, 3]])
+    lam, q = model.copy_weight[3], 3
+    base = model.base_chain.columns([q])[0]
+    assert P[0, 0] == pytest.approx((1 - lam) * base[0])
+
+
+def test_sampling_follows_the_probabilities(rng):
+    model = _random_mixture(rng, 5)
+    prompt = [1, 2, 2, 4]
+    draws = model.sample([prompt] * 40_000, random_state=3)
+    freq = np.bincount(draws, minlength=5) / draws.size
+    np.testing.assert_allclose(freq, model.predict_proba([prompt])[0], atol=0.01)
+
+
+def _simulate(model, rng, n, L=10):
+    X = rng.integers(0, model.n_tokens, (n, L))
+    return X, model.sample(X, random_state=rng)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_em_is_monotone_and_deterministic(seed):
+    rng = np.random.default_rng(seed)
+    model = _random_mixture(rng, int(rng.integers(3, 9)))
+    X, y = _simulate(model, rng, 1500, int(rng.integers(2, 12)))
+    for acceleration in ("squarem", None):
+        est = MixtureCCMCEstimator(alpha=float(rng.uniform(0.1, 3)), acceleration=acceleration,
+                                   copy_weight=("per_query", "shared")[seed % 2]).fit(X, y)
+        trace = est.objective_trace_
+        assert np.all(np.diff(trace) <= 1e-10 * abs(trace[0])), np.diff(trace).max()
+        again = clone(est).fit(X, y)
+        np.testing.assert_array_equal(again.objective_trace_, trace)
+        np.testing.assert_array_equal(again.copy_weight_, est.copy_weight_)
+
+
+def test_recovers_known_parameters():
+    rng = np.random.default_rng(0)
+    # Short prompts over a larger vocabulary: copying and generating differ enough for the
+    # copy weights to be well identified.
+    K = 10
+    W = rng.normal(0, 1.0, (K, K))
+    counts = sparse.csc_array(np.full((K, K), 1000.0) * rng.dirichlet(np.ones(K), K).T)
+    truth = MixtureCCMC(CCMC(W), BaseChain(counts, np.zeros(K), np.full(K, 1 / K)),
+                        np.linspace(0.2, 0.8, K))
+    X, y = _simulate(truth, rng, 80_000, 4)
+    est = MixtureCCMCEstimator(alpha=0.1, tol=1e-9).fit(X, y)
+    np.testing.assert_allclose(est.copy_weight_, truth.copy_weight, atol=0.04)
+    centred = W - W.mean(axis=0)
+    # About 8,000 pairs per column, half of them copied from 4-token prompts: the logits'
+    # standard errors are about 0.1 to 0.2.
+    assert np.sqrt(np.mean((est.ccmc_.toarray() - centred) ** 2)) < 0.25
+    B_true = truth.base_chain.toarray()
+    assert np.abs(est.base_chain_.toarray() - B_true).max() < 0.05
+    # The fitted mixture explains held-out data about as well as the truth.
+    Xt, yt = _simulate(truth, rng, 20_000, 4)
+    assert est.score(Xt, yt) > truth.log_likelihood(Xt, yt).mean() - 0.01
+
+
+def test_plain_ccmc_refuses_uncovered_pairs_and_names_the_mixture():
+    with pytest.raises(ValueError, match="MixtureCCMCEstimator.*in_prompt"):
+        CCMCEstimator().fit([[0, 1], [1, 2]], [1, 0])
+
+
+def test_compare_models_against_independent_baselines(rng):
+    truth = _random_mixture(rng, 6)
+    X, y = _simulate(truth, rng, 4000, 6)
+    Xt, yt = _simulate(truth, rng, 2000, 6)
+    est = MixtureCCMCEstimator().fit(X, y)
+    cmp = compare_models(est, X, y, Xt, yt)
+    allp, cov = cmp.mean_log_likelihood["all pairs"], cmp.mean_log_likelihood["covered pairs"]
+    assert allp["mixture"] == pytest.approx(est.score(Xt, yt))
+    # Witten-Bell bigram by hand.
+    K = 6
+    C = np.zeros((K, K))
+    np.add.at(C, (y, X[:, -1]), 1)
+    T = (C > 0).sum(axis=0)
+    cnt = np.bincount(y, minlength=K)
+    seen = (cnt > 0).sum()
+    u = (cnt + seen / K) / (cnt.sum() + seen)
+    beta = np.where(T > 0, T, 1)
+    B = (C + beta * u[:, None]) / (C.sum(axis=0) + beta)
+    base = np.log(B[yt, Xt[:, -1]])
+    assert allp["base chain"] == pytest.approx(base.mean())
+    assert allp["unigram"] == pytest.approx(np.log(u[yt]).mean())
+    share = np.array([np.mean(p == t) for p, t in zip(Xt, yt, strict=True)])
+    grid = [np.mean(np.log(lam * B[yt, Xt[:, -1]] + (1 - lam) * share))
+            for lam in np.linspace(0.01, 1, 100)]
+    assert allp["cache (tuned)"] >= max(grid) - 1e-6
+    covered = share > 0
+    assert cmp.n_covered == covered.sum()
+    assert cov["base chain"] == pytest.approx(base[covered].mean())
+    assert allp["mixture"] > allp["cache (tuned)"] > allp["unigram"]
+    assert "covered pairs" in cmp.summary() and "ccmc" in cov
+
+
+def test_grid_search_and_shared_weight():
+    rng = np.random.default_rng(1)
+    truth = _random_mixture(rng, 4)
+    X, y = _simulate(truth, rng, 1500, 6)
+    search = GridSearchCV(MixtureCCMCEstimator(), {"alpha": [0.1, 10.0]}, cv=3).fit(X, y)
+    assert search.best_params_["alpha"] in (0.1, 10.0)
+    shared = MixtureCCMCEstimator(copy_weight="shared").fit(X, y)
+    assert np.ptp(shared.copy_weight_) == 0
+
+
+def test_generation_grows_the_support_and_follows_the_model(rng):
+    from ccmc_estim import generate, generate_batch, winner_analysis
+
+    model = _random_mixture(rng, 6)
+    prompt = [1, 1, 2]
+    out = generate(model, prompt, 5000, random_state=0)
+    assert set(np.unique(out)) - {1, 2}  # tokens outside the prompt appear
+    # One step from a fixed context follows predict_proba.
+    first = generate_batch(model, [prompt] * 20_000, 1, random_state=1)[:, 0]
+    np.testing.assert_allclose(np.bincount(first, minlength=6) / first.size,
+                               model.predict_proba([prompt])[0], atol=0.012)
+    # With a window, the next step depends on the last tokens only.
+    w = generate(model, prompt, 2000, window=3, random_state=2)
+    assert w.min() >= 0 and w.max() < 6
+    with pytest.raises(TypeError, match="MixtureCCMC"):
+        winner_analysis(model, prompt)
