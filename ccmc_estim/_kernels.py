@@ -42,7 +42,31 @@ def logsumexp_inplace(z, a, b, normalise):
 def _sort_small(a, lo, hi):
     """Sort ``a[lo:hi]`` in place; prompts hold few distinct tokens, where insertion is fastest."""
     if hi - lo > 24:
-        a[lo:hi].sort()
+        # Heapsort by hand, in one loop, rather than ``ndarray.sort``: numba's quicksort costs
+        # seconds of compilation on the first fit, and sorted integers are the same whatever
+        # the method.  First ``start`` goes down building the heap, then ``end`` goes down
+        # moving its top to the back; both sift the value at ``start`` down.
+        start = (hi - lo) // 2
+        end = hi - lo
+        while end > 1:
+            if start > 0:
+                start -= 1
+            else:
+                end -= 1
+                v = a[lo + end]
+                a[lo + end] = a[lo]
+                a[lo] = v
+            root = start
+            v = a[lo + root]
+            while 2 * root + 1 < end:
+                child = 2 * root + 1
+                if child + 1 < end and a[lo + child + 1] > a[lo + child]:
+                    child += 1
+                if a[lo + child] <= v:
+                    break
+                a[lo + root] = a[lo + child]
+                root = child
+            a[lo + root] = v
         return
     for i in range(lo + 1, hi):
         v = a[i]
@@ -185,8 +209,9 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
     id_tokens = np.empty(id_ptr[K], np.int32)
     cnt = np.zeros(n_tokens, np.float64)
     rank = np.zeros(n_tokens, np.int32)
-    mark[:] = -1
-    colmark[:] = -1
+    for t in range(n_tokens):  # loops, not slice assignments: cheaper to compile
+        mark[t] = -1
+        colmark[t] = -1
     for q in range(K):
         pos = id_ptr[q]
         for r in range(col_ptr[q], col_ptr[q + 1]):
@@ -304,8 +329,8 @@ def column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob):
     """Weighted NLL of one column; fills ``prob`` (per entry) and, when ``grad`` is not empty,
     the gradient (per parameter)."""
     with_grad = grad.size > 0
-    if with_grad:
-        grad[:] = 0.0
+    for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
+        grad[k] = 0.0
     f = 0.0
     for i in range(indptr.size - 1):
         s0 = indptr[i]
@@ -332,7 +357,10 @@ def column_nll(theta, indptr, local, logc, y_entry, weight):
 @njit(**_NOGIL)
 def column_hessian(indptr, local, weight, prob, hess):
     """Dense Hessian ``sum_i w_i (diag(p_i) - p_i p_i^T)`` of one column (from entry probs)."""
-    hess[:, :] = 0.0
+    n = hess.shape[0]
+    for r in range(n):  # loops compile faster than ``hess[:, :] = 0.0``
+        for c in range(n):
+            hess[r, c] = 0.0
     for i in range(indptr.size - 1):
         w = weight[i]
         s0 = indptr[i]
@@ -344,7 +372,6 @@ def column_hessian(indptr, local, weight, prob, hess):
             for k in range(j + 1, s1):
                 hess[lj, local[k]] -= wpj * prob[k]
     # Only pairs j < k were accumulated; tokens are sorted, so local[j] < local[k]: upper half.
-    n = hess.shape[0]
     for r in range(n):
         for c in range(r + 1, n):
             hess[c, r] = hess[r, c]
@@ -353,7 +380,8 @@ def column_hessian(indptr, local, weight, prob, hess):
 @njit(**_NOGIL)
 def column_hessp(v, indptr, local, weight, prob, out):
     """Hessian-vector product of one column from entry probabilities."""
-    out[:] = 0.0
+    for k in range(out.size):  # a loop compiles faster than ``out[:] = 0.0``
+        out[k] = 0.0
     for i in range(indptr.size - 1):
         s0 = indptr[i]
         s1 = indptr[i + 1]
@@ -369,7 +397,8 @@ def column_hessp(v, indptr, local, weight, prob, out):
 @njit(**_NOGIL)
 def column_hess_diag(indptr, local, weight, prob, out):
     """Diagonal of the column Hessian (the preconditioner of the truncated Newton solver)."""
-    out[:] = 0.0
+    for k in range(out.size):  # a loop compiles faster than ``out[:] = 0.0``
+        out[k] = 0.0
     for i in range(indptr.size - 1):
         w = weight[i]
         for j in range(indptr[i], indptr[i + 1]):
@@ -618,6 +647,8 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
     was emitted from a prompt holding ``j``, is strongly connected).  ``y_entry`` may be empty
     (no outputs): ``chosen`` and ``strong`` are then all False.
     """
+    # Self-contained, with int64 work arrays only: the first fit runs this, and every helper
+    # function or extra dtype would be one more compilation.
     K = col_ptr.size - 1
     n_params = id_ptr[K]
     label = np.zeros(n_params, np.int32)
@@ -626,6 +657,19 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
     n_components = np.zeros(K, np.int64)
     strong = np.zeros(K, np.bool_)
     has_y = y_entry.size > 0
+    m = 0  # work arrays sized for the largest column serve every column
+    for q in range(K):
+        m = max(m, id_ptr[q + 1] - id_ptr[q])
+    parent = np.empty(m, np.int64)
+    comp = np.empty(m, np.int64)
+    out_deg = np.empty(m + 1, np.int64)
+    in_deg = np.empty(m + 1, np.int64)
+    fo = np.empty(m, np.int64)
+    fi = np.empty(m, np.int64)
+    seen = np.empty(m, np.int64)  # the last search (2 q + direction) that reached a node
+    stack = np.empty(m, np.int64)
+    for v in range(m):
+        seen[v] = -1
     for q in range(K):
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -633,18 +677,31 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
         if a == b or n == 0:
             continue
         base = id_ptr[q]
-        parent = np.arange(n)
-        out_deg = np.zeros(n + 1, np.int64)
-        in_deg = np.zeros(n + 1, np.int64)
-        root = -1
+        for v in range(n + 1):
+            out_deg[v] = 0
+            in_deg[v] = 0
+        for v in range(n):
+            parent[v] = v
+            comp[v] = -1
+        root = 0
         for i in range(a, b):
-            first = local[indptr[i]]
-            last = local[indptr[i + 1] - 1]
+            ra = np.int64(local[indptr[i]])
             for j in range(indptr[i], indptr[i + 1]):
                 v = local[j]
                 n_prompts[base + v] += 1
-                _union(parent, first, v)  # a star per prompt: the same components as a clique
-            root = last  # the query itself: the last token is q in every prompt
+                # Union-find with path halving: a star per prompt has the same components
+                # as a clique.  ``ra`` stays the root of the first token's component.
+                while parent[ra] != ra:
+                    parent[ra] = parent[parent[ra]]
+                    ra = parent[ra]
+                rb = np.int64(v)
+                while parent[rb] != rb:
+                    parent[rb] = parent[parent[rb]]
+                    rb = parent[rb]
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+                    ra = min(ra, rb)
+            root = local[indptr[i + 1] - 1]  # the query itself: the last token of every prompt
             if has_y:
                 y = local[y_entry[i]]
                 for j in range(indptr[i], indptr[i + 1]):
@@ -652,17 +709,26 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
                         out_deg[local[j] + 1] += 1
                         in_deg[y + 1] += 1
                         chosen[base + y] = True
-        labels, n_components[q] = _component_labels(parent)
-        label[base : base + n] = labels
+        # Components labelled 0, 1, ... in order of their first node.
+        count = 0
+        for v in range(n):
+            r = v
+            while parent[r] != r:
+                r = parent[r]
+            if comp[r] < 0:
+                comp[r] = count
+                count += 1
+            label[base + v] = comp[r]
+        n_components[q] = count
         if not has_y:
             continue
         for v in range(n):
             out_deg[v + 1] += out_deg[v]
             in_deg[v + 1] += in_deg[v]
-        fwd = np.empty(out_deg[n], np.int32)
-        bwd = np.empty(in_deg[n], np.int32)
-        fo = out_deg[:-1].copy()
-        fi = in_deg[:-1].copy()
+            fo[v] = out_deg[v]
+            fi[v] = in_deg[v]
+        fwd = np.empty(out_deg[n], np.int64)
+        bwd = np.empty(in_deg[n], np.int64)
         for i in range(a, b):
             y = local[y_entry[i]]
             for j in range(indptr[i], indptr[i + 1]):
@@ -676,9 +742,8 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
         for direction in range(2):
             start = out_deg if direction == 0 else in_deg
             adj = fwd if direction == 0 else bwd
-            seen = np.zeros(n, np.bool_)
-            stack = np.empty(n, np.int64)
-            seen[root] = True
+            stamp = 2 * q + direction
+            seen[root] = stamp
             stack[0] = root
             top = 1
             reached = 1
@@ -687,8 +752,8 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
                 v = stack[top]
                 for k in range(start[v], start[v + 1]):
                     w = adj[k]
-                    if not seen[w]:
-                        seen[w] = True
+                    if seen[w] != stamp:
+                        seen[w] = stamp
                         reached += 1
                         stack[top] = w
                         top += 1
@@ -698,14 +763,12 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
 
 
 # --------------------------------------------------------------------------- mixture
-@njit(cache=True)
-def layout_output_log_proba(lay, theta):
-    """Log CCMC probability of the output of every prompt of a column layout (in layout
-    order), from the flat parameter vector ``theta``."""
-    n = lay.col_ptr[lay.col_ptr.size - 1]
-    out = np.empty(n)
+@njit(cache=True, nogil=True)
+def layout_output_log_proba(cols, lay, theta, out):
+    """Log CCMC probability of the output of every prompt of the columns ``cols`` of a column
+    layout, into ``out`` (layout order), from the flat parameter vector ``theta``."""
     z = np.empty(lay.local.size)
-    for q in range(lay.col_ptr.size - 1):
+    for q in cols:
         base = lay.id_ptr[q]
         for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
             a = lay.indptr[r]
@@ -714,7 +777,6 @@ def layout_output_log_proba(lay, theta):
                 z[j] = theta[base + lay.local[j]] + lay.logc[j]
             yj = lay.y_entry[r]
             out[r] = z[yj] - logsumexp_inplace(z, a, b, False)
-    return out
 
 
 @njit(cache=True)

@@ -28,6 +28,10 @@ from scipy.special import logsumexp
 #: every entry above ``exp(-600)`` no intermediate quantity of GTH can under- or overflow.
 _LINEAR_GTH_MIN_LOG = -600.0
 
+#: Largest vocabulary for the sparse LU fallback: beyond it the fill-in of unstructured
+#: sparsity would approach ``K^2``.
+_DIRECT_MAX = 5_000
+
 #: Sparse problems that look nearly decomposable are solved densely (exactly, in log space)
 #: up to this many tokens (a 32 MB array).
 _DENSE_FALLBACK_MAX = 2_000
@@ -395,7 +399,7 @@ def _solve_iterative(M, rtol=1e-13):
     pre = splinalg.LinearOperator((K, K), matvec=lambda v: v / d, dtype=np.float64)
     b = np.ones(K)
     x, info = splinalg.gmres(M, b, x0=b / d, M=pre, rtol=rtol, atol=0.0, restart=60,
-                             maxiter=100)
+                             maxiter=30)
     if info != 0 or not np.isfinite(x).all():
         return None
     return x
@@ -424,6 +428,12 @@ def _stationary_sparse(logits, method="auto"):
     if method == "dense":
         return stationary_from_logits(sparse.csc_array(logits).toarray())
     x = _solve_iterative(M) if method == "iterative" else None
+    if x is None and K > _DIRECT_MAX:
+        raise np.linalg.LinAlgError(
+            f"GMRES did not converge for the stationary distribution of {K:,} tokens: the "
+            "base chain is nearly decomposable (huge logits make some groups of tokens "
+            "almost closed), beyond what a linear solve in floating point can resolve."
+        )
     if x is None:  # the direct solver also covers c = 0 (every column's constant underflowed)
         if method == "iterative":
             warnings.warn("GMRES did not converge for the stationary distribution; falling "
@@ -458,14 +468,14 @@ def stationary_from_logits(logits, *, method="auto"):
         Columns are queries.  In sparse form a missing entry is logit 0 (the column centre).
     method : {"auto", "iterative", "direct", "dense"}
         Sparse input only.  ``"iterative"``: GMRES with a diagonal preconditioner on the
-        flux-balance system (fast, ``O(nnz + K)`` memory; falls back to ``"direct"`` if it
-        does not converge).  ``"direct"``: bordered sparse LU of the same system (also
-        valid when the rank-one part underflows, but the LU fill-in of unstructured sparsity
-        can approach ``K^2``).
-        ``"dense"``: densify and use the dense algorithm.  ``"auto"``: ``"dense"`` when the
-        chain looks nearly decomposable (some column puts less than ``1e-6`` of its
-        off-diagonal weight on missing entries) and ``K <= 2000``, else ``"iterative"``
-        (``"direct"`` when every column's missing-entry weight underflows).
+        flux-balance system (fast, ``O(nnz + K)`` memory); if it does not converge, the
+        ``"direct"`` solver takes over when ``K <= 5000`` and ``LinAlgError`` is raised
+        above.  ``"direct"``: bordered sparse LU of the same system (also valid when the
+        rank-one part underflows, but the LU fill-in of unstructured sparsity can approach
+        ``K^2``).  ``"dense"``: densify and use the dense algorithm.  ``"auto"``:
+        ``"dense"`` when the chain looks nearly decomposable (some column puts less than
+        ``1e-6`` of its off-diagonal weight on missing entries) and ``K <= 2000``, else
+        ``"iterative"`` (``"direct"`` when every column's missing-entry weight underflows).
 
     Returns
     -------

@@ -24,7 +24,6 @@ from ._kernels import (
     column_hess_diag,
     column_hessian,
     column_hessp,
-    column_nll,
     column_nll_grad,
 )
 
@@ -42,8 +41,31 @@ MAX_ITER, CONVERGED, NO_DECREASE = 0, 1, 2
 _EPS = np.finfo(np.float64).eps
 
 
+# The compiled functions below are written as plain loops over flat arrays, with no array
+# expressions, reductions, ``@`` or ``np.linalg``: each of those compiles a numba
+# implementation of its own, and the first fit of a fresh install compiles all of this.
+
+
+@njit(cache=True, nogil=True)
+def _dot(a, b):
+    s = 0.0
+    for k in range(a.size):
+        s += a[k] * b[k]
+    return s
+
+
+@njit(cache=True, nogil=True)
+def _abs_max(a):
+    m = 0.0
+    for k in range(a.size):
+        m = max(m, abs(a[k]))
+    return m
+
+
 @njit(cache=True, nogil=True)
 def _dense_direction(grad, indptr, local, weight, prob, alpha):
+    """Newton direction from the dense Hessian, by a Cholesky factorisation written here (a
+    small loop nest compiles in a fraction of the time of numba's LAPACK binding)."""
     n = grad.size
     hess = np.empty((n, n))
     column_hessian(indptr, local, weight, prob, hess)
@@ -51,13 +73,34 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
     for k in range(n):
         hess[k, k] += alpha
         top = max(top, hess[k, k])
-    if alpha == 0.0:
-        # The unpenalised loss is flat along the all-ones direction (column gauge).  Adding
-        # c * 1 1^T leaves the step orthogonal to it, since the gradient is.
-        hess += top / n
-    for k in range(n):
-        hess[k, k] += 1e-12 * top + 1e-300  # guards columns whose MLE is at infinity
-    return np.linalg.solve(hess, -grad)
+    # The unpenalised loss is flat along the all-ones direction (column gauge).  Adding
+    # c * 1 1^T leaves the step orthogonal to it, since the gradient is.
+    shift = top / n if alpha == 0.0 else 0.0
+    jitter = 1e-12 * top + 1e-300  # guards columns whose MLE is at infinity
+    # Lower Cholesky factor in place (row by row).  The matrix is positive definite with
+    # every eigenvalue >= jitter, hence so is every pivot: one below that is rounding.
+    for i in range(n):
+        for j in range(i + 1):
+            s = hess[i, j] + shift
+            for k in range(j):
+                s -= hess[i, k] * hess[j, k]
+            if j < i:
+                hess[i, j] = s / hess[j, j]
+            else:
+                s += jitter
+                hess[i, i] = np.sqrt(s if s > jitter else jitter)
+    d = np.empty(n)
+    for i in range(n):  # L z = -g
+        s = -grad[i]
+        for k in range(i):
+            s -= hess[i, k] * d[k]
+        d[i] = s / hess[i, i]
+    for i in range(n - 1, -1, -1):  # L^T d = z
+        s = d[i]
+        for k in range(i + 1, n):
+            s -= hess[k, i] * d[k]
+        d[i] = s / hess[i, i]
+    return d
 
 
 @njit(cache=True, nogil=True)
@@ -66,96 +109,122 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)
-    top = diag.max()
+    top = 0.0  # the entries are >= 0
+    for k in range(n):
+        top = max(top, diag[k])
     for k in range(n):
         diag[k] += alpha + 1e-12 * top + 1e-300
-    gnorm = np.sqrt(grad @ grad)
+    gnorm = np.sqrt(_dot(grad, grad))
     eta = min(0.5, np.sqrt(gnorm / scale))
     d = np.zeros(n)
-    r = -grad.copy()
-    z = r / diag
-    p = z.copy()
-    rz = r @ z
+    r = np.empty(n)
+    z = np.empty(n)
+    p = np.empty(n)
+    for k in range(n):
+        r[k] = -grad[k]
+        z[k] = r[k] / diag[k]
+        p[k] = z[k]
+    rz = _dot(r, z)
     hp = np.empty(n)
     for _ in range(min(n, 250)):
         column_hessp(p, indptr, local, weight, prob, hp)
-        hp += alpha * p
-        php = p @ hp
+        for k in range(n):
+            hp[k] += alpha * p[k]
+        php = _dot(p, hp)
         if php <= 1e-300:
             break
         step = rz / php
-        d += step * p
-        r -= step * hp
-        if np.sqrt(r @ r) <= eta * gnorm:
+        for k in range(n):
+            d[k] += step * p[k]
+            r[k] -= step * hp[k]
+        if np.sqrt(_dot(r, r)) <= eta * gnorm:
             break
-        z = r / diag
-        rz_new = r @ z
-        p = z + (rz_new / rz) * p
+        for k in range(n):
+            z[k] = r[k] / diag[k]
+        rz_new = _dot(r, z)
+        beta = rz_new / rz
+        for k in range(n):
+            p[k] = z[k] + beta * p[k]
         rz = rz_new
-    if not d.any():
-        d = -grad / diag
+    if _abs_max(d) == 0.0:
+        for k in range(n):
+            d[k] = -grad[k] / diag[k]
     return d
 
 
 @njit(cache=True, nogil=True)
 def _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob):
+    """Penalised objective; with ``grad`` not empty its gradient too (and ``prob`` the entry
+    probabilities, else the entry scores)."""
     f = column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob)
-    grad += alpha * theta
-    return f + 0.5 * alpha * (theta @ theta)
+    for k in range(grad.size):
+        grad[k] += alpha * theta[k]
+    return f + 0.5 * alpha * _dot(theta, theta)
 
 
 @njit(cache=True, nogil=True)
-def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_iter, use_cg):
-    """Minimise one column's penalised NLL in place; returns ``(objective, n_iter, status)``."""
+def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_iter, kind):
+    """Minimise one column's penalised NLL in place; returns ``(objective, n_iter, status)``.
+
+    ``kind`` selects the method by its type, so that numba compiles only the one a call uses:
+    :data:`NEWTON_CG` (1-D) truncated Newton, :data:`NEWTON` (2-D) the dense Hessian.
+    """
     n = theta.size
     grad = np.empty(n)
     prob = np.empty(local.size)
     trial = np.empty(n)
     grad_t = np.empty(n)
     prob_t = np.empty(local.size)
-    scale = max(weight.sum(), 1.0)
+    no_grad = np.empty(0)
+    total = 0.0
+    for i in range(weight.size):
+        total += weight[i]
+    scale = max(total, 1.0)
     gtol = tol * scale
     f = _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob)
     status = MAX_ITER
     n_iter = 0
     while True:
-        if np.abs(grad).max() <= gtol:
+        if _abs_max(grad) <= gtol:
             status = CONVERGED
             break
         if n_iter >= max_iter:
             break
         n_iter += 1
-        if use_cg:
+        if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
             d = _cg_direction(grad, indptr, local, weight, prob, alpha, scale)
         else:
             d = _dense_direction(grad, indptr, local, weight, prob, alpha)
-        gd = grad @ d
+        gd = _dot(grad, d)
         if not gd < 0.0:  # not a descent direction (numerical breakdown): steepest descent
-            d = -grad
-            gd = -(grad @ grad)
+            for k in range(n):
+                d[k] = -grad[k]
+            gd = -_dot(grad, grad)
         # Armijo backtracking; a change within rounding of f counts as no increase.  The full
         # step is tried with the gradient, since Newton steps are accepted almost always.
         slack = 8.0 * _EPS * abs(f)
-        trial[:] = theta + d
+        for k in range(n):
+            trial[k] = theta[k] + d[k]
         ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
         t = 1.0
         while ft > f + 1e-4 * t * gd + slack and t > 1e-18:
             t *= 0.5
-            trial[:] = theta + t * d
-            ft = column_nll(trial, indptr, local, logc, y_entry, weight)
-            ft += 0.5 * alpha * (trial @ trial)
+            for k in range(n):
+                trial[k] = theta[k] + t * d[k]
+            ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, no_grad, prob_t)
         if ft > f + 1e-4 * t * gd + slack:
             status = NO_DECREASE
             break
         if t < 1.0:
             ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
-        g_old = np.abs(grad).max()
-        theta[:] = trial
+        g_old = _abs_max(grad)
+        for k in range(n):
+            theta[k] = trial[k]
         grad, grad_t = grad_t, grad
         prob, prob_t = prob_t, prob
         f_old = f
         f = ft
-        if f_old - f <= slack and (t < 1.0 or np.abs(grad).max() > 0.5 * g_old):
+        if f_old - f <= slack and (t < 1.0 or _abs_max(grad) > 0.5 * g_old):
             # The objective no longer decreases beyond rounding: only a damped step was
             # possible, or a full step that did not even halve the gradient (it is rounding
             # noise, which is how a tol below what float64 resolves, e.g. 1e-300, ends).  A
@@ -166,31 +235,55 @@ def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_it
     return f, n_iter, status
 
 
-@njit(cache=True, nogil=True)
+#: Values of ``kind`` (see :func:`solve_column`).
+NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
+
+
 def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag):
     """Solve the columns ``cols`` of a layout in place; per column, record the objective,
     iterations and status in ``out`` and the observed information at the solution (dense
-    where ``info_offsets[q] >= 0``, its diagonal always)."""
+    where ``info_offsets[q] >= 0``, its diagonal always).
+
+    The dense and the truncated Newton columns go to two compilations of one compiled loop,
+    each made only when first needed: a small first fit never compiles conjugate gradients.
+    """
     alpha, tol, max_iter = settings
-    objective, n_iter, status = out
+    cg = use_cg[cols]
+    for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
+        if part.size:
+            _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), *out,
+                           info_offsets, info, info_diag, kind)
+
+
+@njit(cache=True, nogil=True)
+def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all, id_ptr, theta,
+                   alpha, tol, max_iter, objective, n_iter, status, info_offsets, info, info_diag,
+                   kind):
+    """The compiled loop of :func:`_solve_chunk` (flat arguments: a namedtuple or a tuple
+    argument costs compilation time of its own)."""
     for q in cols:
-        a = lay.col_ptr[q]
-        b = lay.col_ptr[q + 1]
-        e0 = lay.indptr[a]
-        e1 = lay.indptr[b]
-        p0 = lay.id_ptr[q]
-        p1 = lay.id_ptr[q + 1]
+        a = col_ptr[q]
+        b = col_ptr[q + 1]
+        e0 = indptr[a]
+        e1 = indptr[b]
+        p0 = id_ptr[q]
+        p1 = id_ptr[q + 1]
+        n = p1 - p0
         th = theta[p0:p1]
-        ip = lay.indptr[a : b + 1] - e0
-        local = lay.local[e0:e1]
-        logc = lay.logc[e0:e1]
-        y = lay.y_entry[a:b] - e0
-        w = lay.weight[a:b]
-        f, it, st = solve_column(th, ip, local, logc, y, w, alpha, tol, max_iter, use_cg[q])
+        # The column's pointers from 0, by loops (an array expression would compile a kernel).
+        ip = np.empty(b - a + 1, np.int64)
+        for r in range(b - a + 1):
+            ip[r] = indptr[a + r] - e0
+        y = np.empty(b - a, np.int64)
+        for r in range(b - a):
+            y[r] = y_all[a + r] - e0
+        local = local_all[e0:e1]
+        logc = logc_all[e0:e1]
+        w = weight_all[a:b]
+        f, it, st = solve_column(th, ip, local, logc, y, w, alpha, tol, max_iter, kind)
         objective[q] = f
         n_iter[q] = it
         status[q] = st
-        n = p1 - p0
         if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
             continue
         prob = np.empty(local.size)
@@ -198,7 +291,13 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
         column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
         o = info_offsets[q]
         if o >= 0:
-            column_hessian(ip, local, w, prob, info[o : o + n * n].reshape((n, n)))
+            # Copied by a loop into the flat buffer rather than written through ``reshape``,
+            # which costs a compilation of its own.
+            hess = np.empty((n, n))
+            column_hessian(ip, local, w, prob, hess)
+            for r in range(n):
+                for c in range(n):
+                    info[o + r * n + c] = hess[r, c]
 
 
 def _balanced_chunks(cols, cost, n_chunks):
@@ -210,6 +309,26 @@ def _balanced_chunks(cols, cost, n_chunks):
         bins[b].append(q)
         load[b] += cost[q]
     return [np.array(sorted(b), np.int64) for b in bins if b]
+
+
+def balanced_chunks(cols, cost, n_jobs):
+    """At most ``n_jobs`` lists of the columns ``cols`` of similar total ``cost``."""
+    return _balanced_chunks(cols, cost, max(1, min(int(n_jobs), cols.size)))
+
+
+def run_threads(func, chunks, *args):
+    """``func(chunk, *args)`` for every chunk, in threads when there are several (the compiled
+    kernels release the GIL and write their results in place)."""
+    if len(chunks) <= 1:
+        for chunk in chunks:
+            func(chunk, *args)
+        return
+    # The threading backend is named, not preferred: inside ``joblib.parallel_backend("dask")``
+    # (a grid search on a cluster) a soft preference would ship the chunks to other
+    # processes, where their in-place writes would be lost.
+    Parallel(n_jobs=len(chunks), backend="threading", batch_size=1)(
+        delayed(func)(chunk, *args) for chunk in chunks
+    )
 
 
 @dataclass(eq=False)
@@ -280,17 +399,7 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     settings = (float(alpha), float(tol), int(max_iter))
     out = (objective, n_iter, status)
     args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag)
-    chunks = _balanced_chunks(cols, cost, max(1, min(n_jobs, cols.size)))
-    if len(chunks) <= 1:
-        for chunk in chunks:
-            _solve_chunk(chunk, *args)
-    else:
-        # The threading backend is named, not preferred: inside ``joblib.parallel_backend("dask")``
-        # (a grid search on a cluster) a soft preference would ship the chunks to other
-        # processes, where their in-place writes would be lost.
-        Parallel(n_jobs=len(chunks), backend="threading", batch_size=1)(
-            delayed(_solve_chunk)(chunk, *args) for chunk in chunks
-        )
+    run_threads(_solve_chunk, balanced_chunks(cols, cost, n_jobs), *args)
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
     return ColumnSolution(objective, n_iter, status, information, info_diag)

@@ -8,6 +8,7 @@ models, the estimators, the diagnostics) reads these arrays.
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from numbers import Integral
 
 import numpy as np
@@ -424,3 +425,103 @@ def in_prompt(prompts, outputs):
     K = max(K, int(y.max()) + 1)
     stats = stats_from_flat(flat, indptr, K)
     return stats.output_entries(y) >= 0
+
+
+# --------------------------------------------------------------------------- hashable tokens
+def _is_id_array(values):
+    """Whether ``values`` hold (or would hold) integer token ids rather than other tokens."""
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "iufcb" or (values.dtype == object and values.size > 0
+                                                and _numeric(values.flat[0]))
+    try:
+        first = next(iter(values))
+    except (TypeError, StopIteration):
+        return True
+    if isinstance(first, (list, tuple, np.ndarray)):  # a prompt: look at its first token
+        for p in values:
+            arr = np.asarray(p) if not isinstance(p, np.ndarray) else p
+            if arr.size:
+                return arr.dtype.kind in "iufcb" or (arr.dtype == object and _numeric(arr[0]))
+        return True
+    return _numeric(first)
+
+
+def _numeric(x):
+    return isinstance(x, (Integral, float, np.floating, complex, bool, np.bool_))
+
+
+def _token_array(prompts):
+    """Flat object/str array of the tokens of hashable prompts and their ``indptr``."""
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
+        return prompts.ravel(), np.arange(0, prompts.size + 1, prompts.shape[1],
+                                          dtype=np.int64)
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("prompts must be a sequence of token sequences, not a string.")
+    parts = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, (str, bytes)):
+            raise TypeError(f"prompt {i} is a string; pass a sequence of tokens (e.g. "
+                            "text.split()).")
+        parts.append(np.asarray(p, dtype=object if not isinstance(p, np.ndarray) else None))
+    if not parts:
+        raise ValueError("prompts is empty: at least one prompt is required.")
+    lengths = np.fromiter((a.size for a in parts), np.int64, len(parts))
+    indptr = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    flat = np.concatenate([a.astype(object) for a in parts]) if parts else np.zeros(0, object)
+    return flat, indptr
+
+
+def token_classes(prompts, outputs):
+    """None when prompts and outputs are integer ids (the fast path); otherwise the sorted
+    distinct tokens, which become the estimator's ``classes_`` (ids are positions in it)."""
+    if _is_id_array(outputs if not isinstance(outputs, (list, tuple)) else list(outputs)):
+        return None
+    flat, _ = _token_array(prompts)
+    everything = np.concatenate([flat, np.asarray(list(outputs), dtype=object)])
+    try:
+        classes = np.unique(everything)
+    except TypeError:  # tokens of mixed types: order by type name, then value
+        uniq = list(dict.fromkeys(everything.tolist()))
+        classes = np.array(sorted(uniq, key=lambda t: (type(t).__name__, repr(t))),
+                           dtype=object)
+    return classes
+
+
+def encode_tokens(values, classes, what):
+    """Positions of hashable tokens in ``classes``; a ValueError names an unknown one."""
+    index = {t: i for i, t in enumerate(classes.tolist())}
+    out = np.empty(len(values), np.int64)
+    for i, t in enumerate(values.tolist() if isinstance(values, np.ndarray) else values):
+        try:
+            out[i] = index[t]
+        except KeyError:
+            raise ValueError(
+                f"{what(i)} is {t!r}, a token not seen in training (not in classes_). Map an "
+                "open vocabulary with ccmc_estim.Vocabulary, whose unknown token takes "
+                "unseen tokens."
+            ) from None
+        except TypeError:
+            raise TypeError(f"{what(i)} is {t!r}, which is not hashable.") from None
+    return out
+
+
+def encode_prompts(prompts, classes):
+    """Hashable-token prompts as id arrays (a list, or a 2-D array for a 2-D input)."""
+    flat, indptr = _token_array(prompts)
+
+    def where(j):
+        i = int(np.searchsorted(indptr, j, side="right") - 1)
+        return f"token {j - indptr[i]} of prompt {i}"
+
+    ids = encode_tokens(flat, classes, where)
+    if isinstance(prompts, np.ndarray) and prompts.ndim == 2:
+        return ids.reshape(prompts.shape)
+    return [ids[a:b] for a, b in pairwise(indptr)]
+
+
+def encode_outputs(outputs, classes):
+    if outputs is None:
+        return None
+    values = list(outputs) if not isinstance(outputs, np.ndarray) else outputs
+    return encode_tokens(values, classes, lambda i: f"output {i}")

@@ -427,16 +427,6 @@ def cmd_score(args, out):
 
 
 # --------------------------------------------------------------------------- generate
-def _generate_mixture(model, prompt, n, window, rng, progress):
-    context = list(prompt)
-    out = np.empty(n, np.int64)
-    for i in progress.iterate(range(n), "generating", total=n, unit="token"):
-        ctx = context[-window:] if window else context
-        out[i] = model.sample([ctx], random_state=rng)[0]
-        context.append(int(out[i]))
-    return out
-
-
 def cmd_generate(args, out):
     progress = _Progress(args.quiet)
     mf = _load(args.model_file)
@@ -456,11 +446,8 @@ def cmd_generate(args, out):
     window = args.window if args.window is not None else meta.get("context_length")
     window = window or None  # 0: a growing context
     rng = np.random.default_rng(args.seed)
-    if mf.kind == "MixtureCCMC":
-        traj = _generate_mixture(mf.model, ids, args.n, window, rng, progress)
-    else:
-        progress.say(f"generating {args.n:,} tokens")
-        traj = generate(mf.model, ids, args.n, window=window, random_state=rng)
+    progress.say(f"generating {args.n:,} tokens")
+    traj = generate(mf.model, ids, args.n, window=window, random_state=rng)
     print(args.sep.join(str(t) for t in mf.decode(traj)), file=out)
     return 0
 
@@ -514,13 +501,13 @@ def cmd_report(args, out):
     ccmc = model.ccmc if mf.kind == "MixtureCCMC" else model
     if ccmc.sparse:
         nnz = int(ccmc._csc[0][-1])
-        say(f"storage         sparse (CSC), {nnz:,} stored logits ({nnz / K**2:.3%} of K^2)")
+        say(f"storage         sparse (CSC), {nnz:,} stored logits ({nnz / K**2:.2%} of K^2)")
     else:
         nnz = int(np.count_nonzero(ccmc.logits))
         say(f"storage         dense ({K:,} x {K:,}), {nnz:,} nonzero logits")
     if "n_identified" in meta:
         say(f"identified      {meta['n_identified']:,} of {K**2:,} logits")
-    elif ccmc.sparse:
+    elif ccmc.sparse and mf.estimator:  # a fit stores exactly the identified logits
         say(f"identified      {nnz:,} of {K**2:,} logits (the stored ones)")
     if mf.kind == "PositionalCCMC":
         b = model.position_bias
@@ -650,7 +637,8 @@ def _add_quiet(p):
 
 def _add_reading(p, defaults):
     p.add_argument("--tokenizer", choices=TOKENIZERS, default="whitespace" if defaults else None,
-                   help="how text files are split into tokens: 'whitespace' (default), "
+                   help="how text files are split into tokens: 'whitespace'"
+                        + (" (default)" if defaults else "") + ", "
                         "'chars' (every character) or 'python' (the tokenize module: "
                         "<newline>, <indent>, <dedent> tokens, comments dropped)"
                         + ("" if defaults else "; default: the one used at fit"))
@@ -751,6 +739,7 @@ def build_parser():
     p.add_argument("model_file", metavar="MODEL", help="model file (.npz)")
     p.add_argument("--top", type=_int_type(0, 10**4), default=10,
                    help="number of top transitions and logits shown (default 10)")
+    _add_quiet(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="simulate, check against attention, fit, report",
@@ -759,6 +748,7 @@ def build_parser():
     p.add_argument("--n-tokens", type=_int_type(2, 1000), default=8)
     p.add_argument("--n-prompts", type=_int_type(1, 10**7), default=20_000)
     p.add_argument("--seed", type=_int_type(0, 2**63 - 1), default=0)
+    _add_quiet(p)
     p.set_defaults(func=cmd_demo)
     return parser
 

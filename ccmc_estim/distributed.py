@@ -161,11 +161,12 @@ def windows(sequences, context_length):
     >>> import dask.bag as db
     >>> from ccmc_estim import CCMCEstimator
     >>> from ccmc_estim.distributed import windows
-    >>> bag = db.from_sequence([[0, 1, 2, 1, 0, 2], [2, 1, 0, 1]], npartitions=2)
+    >>> bag = db.from_sequence([[0, 1, 0, 1, 0, 1], [2, 1, 2, 2]], npartitions=2)
     >>> prompts, outputs = windows(bag, 3)
     >>> prompts.compute().tolist(), outputs.compute().tolist()
-    ([[0, 1, 2], [1, 2, 1], [2, 1, 0], [2, 1, 0]], [1, 0, 2, 1])
-    >>> est = CCMCEstimator().fit(prompts, outputs)
+    ([[0, 1, 0], [1, 0, 1], [0, 1, 0], [2, 1, 2]], [1, 0, 1, 2])
+    >>> CCMCEstimator().fit(prompts, outputs).n_tokens_
+    3
     """
     dask = _require_dask()
     import dask.array as da

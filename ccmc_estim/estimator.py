@@ -23,8 +23,11 @@ from ._stats import (
     check_outputs,
     check_random_state,
     check_sample_weight,
+    encode_outputs,
+    encode_prompts,
     n_threads,
     number,
+    token_classes,
     validate_params,
     validate_prompts,
 )
@@ -62,7 +65,34 @@ def _list_columns(cols, limit=10):
     return text + (f", ... ({len(cols)} in all)" if len(cols) > limit else "")
 
 
-class CCMCEstimator(ClassifierMixin, BaseEstimator):
+class _HashableTokens:
+    """Prompts and outputs of any hashable tokens, the way a scikit-learn classifier takes
+    string labels: ``classes_`` holds the sorted tokens, ids are positions in it, ``predict``
+    returns tokens and ``predict_proba`` columns follow ``classes_``.  Integer ids ``0..K-1``
+    stay the fast path (``classes_`` is then ``arange(K)``), with identical results."""
+
+    def _encode_fit(self, prompts, outputs):
+        classes = token_classes(prompts, outputs)
+        self._token_classes = classes
+        if classes is None:
+            return prompts, outputs
+        if self.n_tokens is not None:
+            raise ValueError("n_tokens applies to integer token ids; with other tokens the "
+                             "vocabulary is the set of tokens seen in training (classes_).")
+        return encode_prompts(prompts, classes), encode_outputs(outputs, classes)
+
+    def _encode(self, prompts, outputs=None):
+        classes = getattr(self, "_token_classes", None)
+        if classes is None:
+            return prompts, outputs
+        return encode_prompts(prompts, classes), encode_outputs(outputs, classes)
+
+    def _classes(self, n_tokens):
+        classes = getattr(self, "_token_classes", None)
+        return np.arange(n_tokens) if classes is None else classes
+
+
+class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     """Penalised maximum-likelihood estimator of a context-conditioned Markov chain.
 
     Minimises, over the logits that enter the likelihood,
@@ -257,6 +287,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
 
             return distributed.fit(self, prompts, outputs, sample_weight)
         t0 = time.perf_counter()
+        prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
         problem = build_columns(flat, indptr, K, outputs, weight)
@@ -267,6 +298,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         """Fit on prompt statistics built by this package (the growing contexts of one
         trajectory, see ``generation``); never reached with user data."""
         self._validate_params()
+        self._token_classes = None
         outputs = check_outputs(outputs, stats.n_prompts, stats.n_tokens)
         weight = np.ones(stats.n_prompts)
         problem = columns_from_stats(stats, outputs, weight)
@@ -298,7 +330,9 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         # Sink components (always-winning groups) only matter for the alpha=0 warning.
         sparse = use_sparse(self.sparse, problem.n_tokens, problem.n_params)
         report = report_from_columns(problem, dominant=self.alpha == 0, sparse=sparse)
-        self._assemble(report, theta, solution, float(weight.sum()), bias, n_bias_params, scale)
+        # The total weight is summed scaled (no overflow warning; beyond float64 it is inf).
+        n_obs = scale * float((weight / scale).sum())
+        self._assemble(report, theta, solution, n_obs, bias, n_bias_params, scale)
 
     def _assemble(self, report, theta, solution, n_obs, bias=None, n_bias_params=0, scale=1.0):
         """Set the fitted attributes from the identifiability report and the solution of every
@@ -323,7 +357,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             self.logits_[id_tokens, np.repeat(np.arange(K), sizes)] = theta
         self.identified_ = report.identified
         self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
-        self.classes_ = np.arange(K)
+        self.classes_ = self._classes(K)
         self.n_tokens_ = K
         self.n_iter_ = solution.n_iter
         self.objective_ = scale * float(solution.objective.sum()) + bias_penalty
@@ -482,7 +516,8 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         A dense array for dense storage; a ``scipy.sparse.csr_array`` for sparse storage
         (``.toarray()`` gives the dense form when ``K`` is small).
         """
-        return self._model().predict_proba(prompts)
+        model = self._model()
+        return model.predict_proba(self._encode(prompts)[0])
 
     def predict_log_proba(self, prompts):
         """Next-token log-probabilities; ``-inf`` for tokens not in a prompt.
@@ -490,7 +525,8 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
         With sparse storage, a CSR array storing each prompt's tokens only (not stored:
         ``-inf``).
         """
-        return self._model().predict_log_proba(prompts)
+        model = self._model()
+        return model.predict_log_proba(self._encode(prompts)[0])
 
     def predict(self, prompts):
         """Most probable next token of each prompt (a lazy ``dask.array`` for a Dask
@@ -500,7 +536,7 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
 
             return distributed.predict(self._fitted(), prompts)
         model = self._model()
-        return self.classes_[model.predict(prompts)]
+        return self.classes_[model.predict(self._encode(prompts)[0])]
 
     def score_samples(self, prompts, outputs):
         """Log-likelihood of each output given its prompt (``-inf`` if absent from the prompt);
@@ -509,7 +545,8 @@ class CCMCEstimator(ClassifierMixin, BaseEstimator):
             from . import distributed
 
             return distributed.score_samples(self._fitted(), prompts, outputs)
-        return self._model().log_likelihood(prompts, outputs)
+        model = self._model()
+        return model.log_likelihood(*self._encode(prompts, outputs))
 
     def score(self, prompts, outputs, sample_weight=None):
         """Mean log-likelihood per prompt (weighted by ``sample_weight``).
@@ -649,6 +686,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self._validate_params()
         if _any_dask(prompts, outputs, sample_weight):
             return self._fit_dask(prompts, outputs, sample_weight)
+        prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
         cd0 = build_columns(flat, indptr, K, outputs, weight)

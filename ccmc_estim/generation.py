@@ -6,6 +6,7 @@ from numbers import Integral
 import numpy as np
 
 from . import _kernels
+from ._markov import stationary_log, support_block
 from ._stats import (
     PromptStats,
     check_memory,
@@ -122,6 +123,7 @@ def generate(model, prompt, n_steps, *, window=None, random_state=None):
     window : int or None
         None: the context grows (the prompt plus everything generated).  An integer ``L``: the
         context is the last ``L`` tokens (a sliding window; shorter prompts grow up to ``L``).
+        Any ``L`` of at least ``len(prompt) + n_steps`` is the growing context, however large.
     random_state : int, Generator, RandomState or None
 
     Returns
@@ -182,37 +184,147 @@ def generate_batch(model, prompts, n_steps, *, window=None, random_state=None):
 
 
 # --------------------------------------------------------------------------- winners
-def _mean_field_drift(expw, x):
-    """``pi(x) - x``: shares ``x`` on the support move towards the stationary distribution of
-    the chain whose transitions are the CCMC at context shares ``x``.  ``expw[k, q]`` is
-    ``exp(logits[k, q])`` on the support, columns scaled to a maximum of one."""
-    w = x[:, None] * expw
-    T = (w / w.sum(axis=0)).T  # row q: next-token distribution when the query is q
-    return stationary(T) - x
+def _mean_field_drift(sub, x):
+    """``pi(x) - x`` for shares ``x`` over the support and its dense logits block ``sub``.
+
+    ``pi(x)`` is the stationary distribution of the query chain at shares ``x``: row ``q`` is
+    proportional to ``x_k exp(sub[k, q])``.  The chain is built in log space
+    (``log x + sub``), so logits of any size (``1e4``) give exact transition probabilities.
+
+    On a face of the simplex (some ``x_k = 0``) the chain is reducible, but only in a benign
+    way: a token with zero share is never entered (its column is 0) and is left in one step,
+    so it is transient, while the tokens with positive share form one closed class with all
+    transitions positive.  The stationary distribution is therefore still unique, zero off
+    ``supp(x)``; it is computed on ``supp(x)`` only, which keeps the faces invariant exactly,
+    as the flow requires.
+    """
+    from scipy.special import logsumexp
+
+    on = np.flatnonzero(x > 0)
+    pi = np.zeros_like(x)
+    if on.size == 1:
+        pi[on] = 1.0
+    else:
+        z = np.log(x[on])[:, None] + sub[np.ix_(on, on)]  # z[k, q]
+        pi[on] = stationary_log((z - logsumexp(z, axis=0)).T)
+    return pi - x
 
 
-def _integrate(expw, x, tol=1e-10, max_steps=3_000, h=0.5):
-    """Euler steps of the mean-field flow until the drift vanishes (a fixed point)."""
+def _integrate(sub, x, tol=1e-12, max_steps=5_000, h=0.5):
+    """Euler steps of the mean-field flow ``dx/ds = pi(x) - x`` until the drift vanishes.
+
+    A step ``x + h (pi - x)`` with ``h <= 1`` is a convex combination of two points of the
+    simplex, so it never leaves it (no clipping) and shares that decay towards a face shrink
+    geometrically without changing sign.
+    """
     for _ in range(max_steps):
-        d = _mean_field_drift(expw, x)
+        d = _mean_field_drift(sub, x)
         if np.abs(d).max() < tol:
             break
-        x = np.clip(x + h * d, 0.0, None)
+        x = x + h * d
         x /= x.sum()
     return x
 
 
-def _is_stable(expw, x, eps=1e-7):
-    """Linear stability of a fixed point on the simplex (all directions, faces included)."""
-    n = x.size
-    J = np.empty((n, n))
-    d0 = _mean_field_drift(expw, x)
-    for j in range(n):
-        xp = x.copy()
-        xp[j] += eps
-        J[:, j] = (_mean_field_drift(expw, xp / xp.sum()) - d0) / eps
-    basis = np.linalg.qr(np.eye(n)[:, :-1] - 1.0 / n)[0]  # tangent space of the simplex
-    return bool(np.linalg.eigvals(basis.T @ J @ basis).real.max() < 0)
+#: Shares below this after integration are taken to be converging to 0 (the limit lies on a
+#: face); the integration tolerance 1e-12 leaves decaying shares far below it.
+_SNAP = 1e-8
+#: Two polished limits closer than this (max norm) are the same fixed point; Newton leaves
+#: them within about 1e-13 of each other.  Unpolished limits are merged at _MERGE_ROUGH.
+_MERGE = 1e-6
+_MERGE_ROUGH = 1e-3
+
+
+def _tangent(m):
+    """Orthonormal basis ``(m, m - 1)`` of the directions ``v`` with ``sum(v) = 0``."""
+    return np.linalg.qr(np.eye(m)[:, :-1] - 1.0 / m)[0]
+
+
+def _face_jacobian(sub, x, on):
+    """Central-difference Jacobian of the drift within the face ``supp(x) = on``, in the
+    tangent basis: ``(m - 1, m - 1)`` for ``m = len(on)``."""
+    m = on.size
+    B = _tangent(m)
+    xs = x[on]
+    # Steps small against the smallest share, so that the probe stays inside the face.
+    eps = min(1e-6, 0.25 * xs.min())
+    sub_s = sub[np.ix_(on, on)]
+    J = np.empty((m, m - 1))
+    for i in range(m - 1):
+        J[:, i] = (_mean_field_drift(sub_s, xs + eps * B[:, i])
+                   - _mean_field_drift(sub_s, xs - eps * B[:, i])) / (2 * eps)
+    return B.T @ J, B
+
+
+def _polish(sub, x, max_iter=30):
+    """Snap the shares below ``_SNAP`` to 0 and refine the fixed point on that face by Newton.
+
+    Returns the refined shares and whether Newton converged (drift below ``1e-14``).  Newton
+    converges to the fixed point the integration was approaching, stable or not, so that
+    limits reached from different starts coincide to rounding and deduplicate reliably.
+    """
+    x = np.where(x < _SNAP, 0.0, x)
+    x /= x.sum()
+    on = np.flatnonzero(x > 0)
+    if on.size == 1:
+        return x, True  # a vertex is an exact fixed point
+    sub_s = sub[np.ix_(on, on)]
+    xs = x[on]
+    F = _mean_field_drift(sub_s, xs)
+    for _ in range(max_iter):
+        res = np.abs(F).max()
+        if res < 1e-14:
+            break
+        J, B = _face_jacobian(sub, x, on)
+        try:
+            t = np.linalg.solve(J, -(B.T @ F))
+        except np.linalg.LinAlgError:
+            break
+        step = B @ t
+        for _ in range(20):  # damping keeps the iterate inside the face and decreasing
+            trial = xs + step
+            if trial.min() > 0:
+                trial /= trial.sum()
+                Ft = _mean_field_drift(sub_s, trial)
+                if np.abs(Ft).max() < res:
+                    break
+            step = step / 2
+        else:
+            break
+        xs, F = trial, Ft
+        x = np.zeros_like(x)
+        x[on] = xs
+    return x, bool(np.abs(F).max() < 1e-14)
+
+
+def _is_stable(sub, x):
+    """Linear stability of a fixed point ``x`` of the flow on the simplex (faces included).
+
+    With ``S = supp(x)``, the faces are invariant, so the Jacobian is block triangular: the
+    directions within the face ``S`` (central differences) and, for every token ``j`` outside
+    ``S``, the transverse rate ``sum_{q in S} x_q exp(sub[j, q]) / Z_q - 1`` with
+    ``Z_q = sum_{k in S} x_k exp(sub[k, q])`` (the first-order share of ``j`` in ``pi`` divided
+    by ``x_j``), computed exactly in log space.  At a vertex ``e_k`` the transverse rates are
+    ``exp(sub[j, k] - sub[k, k]) - 1``: stable iff ``k`` is self-dominant.  Finite differences
+    are never taken across a face, where the flow of huge logits bends on the scale
+    ``exp(-logit)`` and no difference step would be small enough.
+    """
+    from scipy.special import logsumexp
+
+    on = np.flatnonzero(x > 0)
+    off = np.flatnonzero(x == 0)
+    if off.size:
+        z = np.log(x[on])[:, None] + sub[np.ix_(on, on)]
+        logz = logsumexp(z, axis=0)
+        rate = logsumexp(np.log(x[on])[None, :] + sub[np.ix_(off, on)] - logz[None, :],
+                         axis=1)
+        if (rate >= 0).any():  # log(1 + transverse eigenvalue)
+            return False
+    if on.size == 1:
+        return True
+    J, _ = _face_jacobian(sub, x, on)
+    # Differences of size eps carry errors of about 1e-8 relative: a margin below 0.
+    return bool(np.linalg.eigvals(J).real.max() < -1e-7)
 
 
 @dataclass(eq=False)
@@ -230,11 +342,17 @@ class WinnerAnalysis:
         token ``j``): the vertices of the simplex that are stable.
     predicted_limit : ndarray
         Shares over ``support`` where the mean-field dynamics started from the prompt's
-        shares settle.
+        shares settle (refined by Newton's method; shares that decay to 0 are exactly 0).
+        It may be an unstable fixed point when the prompt's shares lie exactly on its stable
+        manifold, e.g. equal shares of symmetric tokens.
     predicted_winners : ndarray of int
         Tokens holding more than ``threshold`` of ``predicted_limit``.
     stable_limits : list of ndarray
-        Distinct stable limits reached from the prompt's shares and from random starts.
+        Distinct linearly stable fixed points of the mean-field flow that were found: the
+        self-dominant vertices (stable by the rule above), then the stable limits reached
+        from the prompt's shares and from random starts.  Each limit is refined on its face
+        of the simplex by Newton's method, so limits reached from different starts coincide
+        to rounding; limits within ``1e-6`` (max norm) are merged.
     """
 
     support: np.ndarray
@@ -331,22 +449,34 @@ def winner_analysis(model, prompt, *, n_starts=10, threshold=1e-3, random_state=
     model = _check_model(model, positional=False)
     prompt = _check_prompt(prompt, model.n_tokens)
     support, counts = np.unique(prompt, return_counts=True)
-    L = model.logits
-    sub = L[np.ix_(support, support)]
+    m = support.size
+    # Only the support block matters (generation never leaves the prompt's tokens); for a
+    # sparse model this densifies that small block only, missing logits being 0.
+    sub = support_block(model.logits, support)
     # Column k: k must beat every rival j of the prompt, logits[k, k] > logits[j, k].
-    rivals = np.where(np.eye(support.size, dtype=bool), -np.inf, sub)
-    single = support[np.diag(sub) > rivals.max(axis=0)]
+    rivals = np.where(np.eye(m, dtype=bool), -np.inf, sub)
+    is_single = np.diag(sub) > rivals.max(axis=0)
+    single = support[is_single]
     x0 = counts / counts.sum()
-    expw = np.exp(sub - sub.max(axis=0))
-    limit = _integrate(expw, x0)
     rng = check_random_state(random_state)
-    found = []
-    for start in [x0, *rng.dirichlet(np.ones(support.size), size=n_starts)]:
-        x = limit if start is x0 else _integrate(expw, start)
-        if not _is_stable(expw, x):
-            continue
-        if all(np.abs(x - y).max() > 1e-4 for y in found):
-            found.append(x)
+    found, polished = [], []
+
+    def add(x, ok):
+        for i, y in enumerate(found):
+            if np.abs(x - y).max() < (_MERGE if ok and polished[i] else _MERGE_ROUGH):
+                return
+        found.append(x)
+        polished.append(ok)
+
+    for k in np.flatnonzero(is_single):
+        add(np.eye(m)[k], True)
+    limit = None
+    for start in [x0, *rng.dirichlet(np.ones(m), size=n_starts)]:
+        x, ok = _polish(sub, _integrate(sub, start))
+        if limit is None:
+            limit = x
+        if _is_stable(sub, x):
+            add(x, ok)
     return WinnerAnalysis(
         support=support.astype(np.int64),
         initial_shares=x0,
@@ -567,13 +697,24 @@ class TrajectoryLearning:
         Tokens taking more than ``share`` of the trajectory's tail: the winner block.
     winner_error : ndarray
         RMS error, per length, of the within-column differences ``W[k, q] - W[q, q]`` over the
-        winner block (``k, q`` winners).
+        identified entries of the winner block (``k != q`` both winners).  The logits are
+        identified only up to a constant per column, so these differences are the only
+        learnable quantities; a single winner has none (its 1 x 1 block holds only the
+        reference ``W[q, q] - W[q, q] = 0``), and ``winner_error`` is then NaN at every length.
+        The collapse onto a single winner teaches nothing about relative logits: use
+        ``rest_error``.
     rest_error : ndarray
         The same over the other identified entries of the support (``k`` or ``q`` not a
         winner); NaN when none is identified.
     winner_visits, rest_visits : ndarray of int
         Per length, the fewest times a winner-block entry, and the most times any other entry,
         was available to be chosen.
+
+    Notes
+    -----
+    Every quantity involves the tokens of the prompt and trajectory only (no other token can
+    occur in a context, so no other entry is identified); the logits, identified masks and
+    co-occurrence counts are read through that small block, dense or sparse alike.
     """
 
     lengths: np.ndarray
@@ -632,21 +773,27 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
     est0 = CCMCEstimator(alpha=1e-3) if estimator is None else estimator
     traj = generate(model, prompt, int(lengths[-1]), random_state=random_state)
     tail = traj[len(traj) // 2 :]
-    shares = np.bincount(tail, minlength=model.n_tokens) / tail.size
-    winners = np.flatnonzero(shares > share)
     K = model.n_tokens
-    truth = model.logits
-    in_block = np.zeros((K, K), bool)
-    in_block[np.ix_(winners, winners)] = True
+    # Tokens that ever occur: outside them nothing is identified or available, so every
+    # K x K quantity is read on this block only (memory independent of K, sparse or dense).
+    support = np.unique(np.concatenate([prompt, traj]))
+    shares = np.bincount(np.searchsorted(support, tail), minlength=support.size) / tail.size
+    win = shares > share  # over the support
+    winners = support[win]
+    truth = support_block(model.logits, support)
+    in_block = win[:, None] & win[None, :]
+    off_diag = ~np.eye(support.size, dtype=bool)
     w_err, r_err, w_n, r_n = [], [], [], []
     for n in lengths:
         stats = _trajectory_stats(prompt, traj[:n], K)
-        est = clone(est0)._fit_stats(stats, traj[:n])
-        diff_est = est.logits_ - np.diag(est.logits_)[None, :]
+        est = clone(est0).fit(stats, traj[:n])
+        fitted = support_block(est.logits_, support)
+        diff_est = fitted - np.diag(fitted)[None, :]
         diff_true = truth - np.diag(truth)[None, :]
         err = (diff_est - diff_true) ** 2
-        ident = est.identified_ & ~np.eye(K, dtype=bool)
-        avail = est.identifiability_.cooccurrence  # prompts of column q that hold token k
+        ident = support_block(est.identified_, support).astype(bool) & off_diag
+        # Prompts of column q that hold token k.
+        avail = support_block(est.identifiability_.cooccurrence, support)
         block = ident & in_block
         rest = ident & ~in_block
         w_err.append(np.sqrt(err[block].mean()) if block.any() else np.nan)

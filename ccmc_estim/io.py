@@ -55,7 +55,7 @@ from scipy import sparse
 
 from .model import CCMC, PositionalCCMC
 
-__all__ = ["FORMAT_VERSION", "ModelFile", "load_model", "save_model"]
+__all__ = ["ModelFile", "load_model", "save_model"]
 
 #: Version of the file format written by :func:`save_model` (read: this one and older).
 FORMAT_VERSION = 1

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels
 from ._columns import build_columns
-from ._solvers import solve_columns
+from ._solvers import balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
@@ -36,6 +36,7 @@ from ._stats import (
     validate_prompts,
 )
 from .diagnostics import report_from_columns, use_sparse
+from .estimator import _HashableTokens
 from .model import CCMC, dense_size_check
 
 
@@ -394,7 +395,7 @@ class MixtureCCMC:
 
 
 # --------------------------------------------------------------------------- estimator
-class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
+class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     """Copy-and-generate estimator for real sequences: a CCMC mixed with a base chain.
 
     Fits :class:`MixtureCCMC` to **any** pairs (outputs inside or outside their prompts) by a
@@ -426,9 +427,10 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
         are ignored by the copy part; as an output it is scored by the base chain only.
     max_iter : int, default=200
         EM iterations at most.
-    tol : float, default=1e-7
-        Stop when an iteration lowers the objective by less than ``tol`` times its size.
-    newton_steps : int, default=2
+    tol : float, default=1e-5
+        Stop when an iteration lowers the objective by less than ``tol`` times its size (its
+        size is about the number of pairs times the entropy per token).
+    newton_steps : int, default=1
         Newton iterations of the logits per M-step (a partial M-step).
     acceleration : {"squarem", None}, default="squarem"
     warm_start : bool, default=False
@@ -497,7 +499,7 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
 
     def __init__(self, alpha=1.0, *, n_tokens=None, smoothing="witten-bell",
                  copy_prior=(1.0, 1.0), copy_weight="per_query", unknown_id=None,
-                 max_iter=200, tol=1e-7, newton_steps=2, acceleration="squarem",
+                 max_iter=200, tol=1e-5, newton_steps=1, acceleration="squarem",
                  warm_start=False, sparse="auto", n_jobs=None, verbose=0):
         self.alpha = alpha
         self.n_tokens = n_tokens
@@ -550,6 +552,7 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
         self._validate_params()
         a, b = self._check_prior()
         t0 = time.perf_counter()
+        prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K = validate_prompts(prompts, self.n_tokens)
         n = indptr.size - 1
         if self.n_tokens is None:
@@ -634,7 +637,7 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
         n_obs = float(state.w.sum())
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
-        self.classes_ = np.arange(K)
+        self.classes_ = self._classes(K)
         self.n_tokens_ = K
         self._theta = theta
 
@@ -645,20 +648,23 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, prompts):
         """Next-token probabilities, a dense ``(n, K)`` array (size-checked)."""
-        return self._model().predict_proba(prompts)
+        model = self._model()
+        return model.predict_proba(self._encode(prompts)[0])
 
     def predict_log_proba(self, prompts):
         """Next-token log-probabilities, a dense ``(n, K)`` array."""
-        return self._model().predict_log_proba(prompts)
+        model = self._model()
+        return model.predict_log_proba(self._encode(prompts)[0])
 
     def predict(self, prompts):
         """Most probable next token of each prompt."""
         model = self._model()
-        return self.classes_[model.predict(prompts)]
+        return self.classes_[model.predict(self._encode(prompts)[0])]
 
     def score_samples(self, prompts, outputs):
         """Log-likelihood of each pair (finite for every output)."""
-        return self._model().log_likelihood(prompts, outputs)
+        model = self._model()
+        return model.log_likelihood(*self._encode(prompts, outputs))
 
     def score(self, prompts, outputs, sample_weight=None):
         """Mean log-likelihood over all pairs (weighted by ``sample_weight``)."""
@@ -669,7 +675,8 @@ class MixtureCCMCEstimator(ClassifierMixin, BaseEstimator):
 
     def sample(self, prompts, random_state=None):
         """Draw one next token for each prompt from the fitted mixture."""
-        return self._model().sample(prompts, random_state)
+        model = self._model()
+        return self.classes_[model.sample(self._encode(prompts)[0], random_state)]
 
 
 class _EMState:
@@ -686,6 +693,8 @@ class _EMState:
         self.copyable = copyable
         self.K, self.a, self.b, self.n_jobs = K, a, b, n_jobs
         self.rows = problem.rows  # input pair of each layout prompt (the covered pairs)
+        sizes = np.diff(problem.indptr[problem.col_ptr]).astype(np.float64)
+        self.chunks = balanced_chunks(np.flatnonzero(sizes > 0), sizes, n_jobs)
         self.w_rows = w[self.rows]
         self.keys, self.key_of, self.beta, self.unigram = bigram_support(q, y, w, K,
                                                                          est.smoothing)
@@ -699,7 +708,10 @@ class _EMState:
         """``log C(y_i | x_i)`` of every pair (``-inf`` where not copyable)."""
         out = np.full(self.q.size, -np.inf)
         if self.rows.size:
-            out[self.rows] = _kernels.layout_output_log_proba(self.problem.layout, theta)
+            lay = self.problem.layout
+            vals = np.empty(self.rows.size)
+            run_threads(_kernels.layout_output_log_proba, self.chunks, lay, theta, vals)
+            out[self.rows] = vals
         return out
 
     def base_counts(self, r):

@@ -119,7 +119,7 @@ def test_tokenizers(capsys, tmp_path):
     (tmp_path / "a.py").write_text(source * 3)
     path = tmp_path / "p.npz"
     code, _, err = run(capsys, "fit", tmp_path / "a.py", "-o", path, "--tokenizer", "python",
-                       "--context-length", 5, "--model", "ccmc", "-q")
+                       "--context-length", 12, "--model", "ccmc", "-q")
     assert code == 0, err
     loaded = load_model(path)
     assert {"def", "<newline>", "<indent>", "<dedent>"} <= set(loaded.vocabulary)
@@ -182,11 +182,13 @@ def test_progress_and_quiet(capsys, corpus, tmp_path, monkeypatch):
 
 def test_progress_with_tqdm(capsys, corpus, tmp_path):
     pytest.importorskip("tqdm")
-    path, _, _ = fit(capsys, corpus, tmp_path)
-    code, _, err = run(capsys, "generate", path, "--prompt", "the cat", "-n", 30)
-    assert code == 0 and "generating" in err
-    code, _, err = run(capsys, "generate", path, "--prompt", "the cat", "-n", 30, "-q")
+    assert cli._tqdm is not None
+    _, _, err = fit(capsys, corpus, tmp_path, "--model", "ccmc")
+    assert "reading train.txt" in err and "line/s" in err  # a tqdm bar over the lines
+    path, _, err = fit(capsys, corpus, tmp_path, "--model", "ccmc", "-q")
     assert err == ""
+    code, _, err = run(capsys, "generate", path, "--prompt", "the cat", "-n", 30)
+    assert code == 0 and "generating 30 tokens" in err
 
 
 def test_demo(capsys):
@@ -284,11 +286,15 @@ def bad_inputs(tmp_path_factory, corpus):
 
 @pytest.mark.parametrize("argv", BAD_ARGUMENTS, ids=lambda a: " ".join(a) or "(none)")
 def test_bad_input_exits_2_with_one_line(capsys, bad_inputs, argv):
-    code, out, err = run(capsys, *(a.format(**bad_inputs) for a in argv))
+    argv = [a.format(**bad_inputs) for a in argv]
+    code, out, err = run(capsys, *argv)
     assert code == 2
     assert out == ""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("ccmc-estim") and "error" in lines[0]
     assert "Traceback" not in err
-    assert not (bad_inputs["out"]).exists()
+    last = err.strip().splitlines()[-1]  # progress lines may come before the error
+    assert last.startswith("ccmc-estim") and "error: " in last
+    if argv:  # quiet: the error is the only line
+        code, out, err = run(capsys, *argv, "-q")
+        assert code == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1, err
+    assert not bad_inputs["out"].exists()

@@ -18,7 +18,7 @@ db = pytest.importorskip("dask.bag")
 cloudpickle = pytest.importorskip("cloudpickle")
 
 import joblib  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validate  # noqa: E402
 
 import ccmc_estim  # noqa: E402
 from ccmc_estim import (  # noqa: E402
@@ -40,6 +40,14 @@ class SlowCCMCEstimator(CCMCEstimator):
     def _solve(self, problem, theta, scale=1.0):
         time.sleep(0.4)
         return super()._solve(problem, theta, scale)
+
+
+class PidCCMCEstimator(CCMCEstimator):
+    """Records the process that fitted it."""
+
+    def fit(self, prompts, outputs, sample_weight=None):
+        self.fit_pid_ = os.getpid()
+        return super().fit(prompts, outputs, sample_weight)
 
 
 def _slow(block):
@@ -138,6 +146,7 @@ def test_bad_input_is_located(client, data):
     with pytest.raises(ValueError, match=rf"output {missing} of sample 1512 \(partition 3, its "
                                          r"sample 12\) does not occur in its prompt"):
         CCMCEstimator().fit(da.from_array(X, chunks=500), da.from_array(y, chunks=500))
+    y = data[1]
     X[1005, 1] = -4
     with pytest.raises(ValueError, match=r"prompt 1005 \(partition 2, its prompt 5\) has a "
                                          r"negative token -4"):
@@ -195,10 +204,12 @@ def test_joblib_dask_backend(client, data):
     grid = {"alpha": [0.3, 3.0]}
     ref = GridSearchCV(CCMCEstimator(n_jobs=2), grid, cv=3).fit(X, y)
     ref_cv = cross_val_score(CCMCEstimator(), X, y, cv=3)
-    with distributed.get_task_stream(client) as stream, joblib.parallel_backend("dask"):
+    with joblib.parallel_backend("dask"):
         gs = GridSearchCV(CCMCEstimator(n_jobs=2), grid, cv=3).fit(X, y)
         cv = cross_val_score(CCMCEstimator(), X, y, cv=3)
-    assert len(stream.data) >= 6  # the fits ran on the cluster
+        fits = cross_validate(PidCCMCEstimator(), X, y, cv=3, return_estimator=True)
+    workers = set(client.run(os.getpid).values())
+    assert {e.fit_pid_ for e in fits["estimator"]} <= workers  # the fits ran on the cluster
     np.testing.assert_array_equal(gs.cv_results_["mean_test_score"],
                                   ref.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(cv, ref_cv)
