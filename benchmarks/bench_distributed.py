@@ -15,8 +15,8 @@ of ``K``, outputs drawn from a fixed random CCMC), so the driver never holds the
 The data of run 1 do not fit one worker, so nothing here compares with an in-memory fit:
 ``tests/test_distributed.py`` checks that equality on data that fit.
 
-Usage: python benchmarks/bench_distributed.py [--pairs 8000000] [--memory-limit 0.75GB]
-           [--scaling-pairs 1000000] [--out benchmarks/results/distributed.md]
+Usage: python benchmarks/bench_distributed.py [--pairs 8000000] [--memory-limit 1GB]
+           [--scaling-pairs 500000] [--out benchmarks/results/distributed.md]
 """
 
 import argparse
@@ -30,7 +30,7 @@ import numpy as np
 
 K = 1000  # vocabulary
 L = 32  # prompt length
-PART = 500_000  # pairs per input partition
+PART = 250_000  # pairs per input partition (and per column block, the default)
 
 
 def make_part(seed, n):
@@ -97,8 +97,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=8_000_000)
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--memory-limit", default="0.75GB")
-    parser.add_argument("--scaling-pairs", type=int, default=1_000_000,
+    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--scaling-pairs", type=int, default=500_000,
                         help="pairs per worker in the weak-scaling runs")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "distributed.md")

@@ -135,7 +135,9 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
 @njit(cache=True)
 def uncovered_outputs(flat, indptr, outputs, n_tokens):
     """Number of outputs absent from their prompt, and the first such sample (-1 if none)."""
-    mark = np.full(n_tokens, -1, np.int64)
+    mark = np.empty(n_tokens, np.int64)  # not np.full: one compilation fewer on the first fit
+    for t in range(n_tokens):
+        mark[t] = -1
     n_bad = 0
     first = -1
     for i in range(indptr.size - 1):
@@ -182,11 +184,17 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
     """
     n = order.size
     K = col_ptr.size - 1
-    mark = np.full(n_tokens, -1, np.int64)
-    colmark = np.full(n_tokens, -1, np.int64)
+    # Only np.empty, filled by loops where needed: np.zeros and np.full would be compilations
+    # of their own on the first fit.
+    mark = np.empty(n_tokens, np.int64)
+    colmark = np.empty(n_tokens, np.int64)
+    for t in range(n_tokens):
+        mark[t] = -1
+        colmark[t] = -1
     ent_ptr = np.empty(n + 1, np.int64)
     ent_ptr[0] = 0
-    id_ptr = np.zeros(K + 1, np.int64)
+    id_ptr = np.empty(K + 1, np.int64)
+    id_ptr[0] = 0
     for q in range(K):
         n_id = 0
         for r in range(col_ptr[q], col_ptr[q + 1]):
@@ -205,11 +213,13 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
     nnz = ent_ptr[n]
     local = np.empty(nnz, np.int32)
     logc = np.empty(nnz, np.float64)
-    y_entry = np.full(n if outputs.size > 0 else 0, -1, np.int64)
+    y_entry = np.empty(n if outputs.size > 0 else 0, np.int64)
+    for r in range(y_entry.size):
+        y_entry[r] = -1
     id_tokens = np.empty(id_ptr[K], np.int32)
-    cnt = np.zeros(n_tokens, np.float64)
-    rank = np.zeros(n_tokens, np.int32)
-    for t in range(n_tokens):  # loops, not slice assignments: cheaper to compile
+    cnt = np.empty(n_tokens, np.float64)  # set by _histogram before use
+    rank = np.empty(n_tokens, np.int32)  # set for a column's tokens before use
+    for t in range(n_tokens):
         mark[t] = -1
         colmark[t] = -1
     for q in range(K):
@@ -651,15 +661,23 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
     # function or extra dtype would be one more compilation.
     K = col_ptr.size - 1
     n_params = id_ptr[K]
-    label = np.zeros(n_params, np.int32)
-    n_prompts = np.zeros(n_params, np.int64)
-    chosen = np.zeros(n_params, np.bool_)
-    n_components = np.zeros(K, np.int64)
-    strong = np.zeros(K, np.bool_)
+    # np.empty and loops rather than np.zeros: each (allocator, dtype) pair is a compilation.
+    label = np.empty(n_params, np.int32)
+    n_prompts = np.empty(n_params, np.int32)  # prompts of a column: below 2**31
+    chosen = np.empty(n_params, np.bool_)
+    for s in range(n_params):
+        label[s] = 0
+        n_prompts[s] = 0
+        chosen[s] = False
+    n_components = np.empty(K, np.int64)
+    strong = np.empty(K, np.bool_)
     has_y = y_entry.size > 0
     m = 0  # work arrays sized for the largest column serve every column
     for q in range(K):
-        m = max(m, id_ptr[q + 1] - id_ptr[q])
+        n_components[q] = 0
+        strong[q] = False
+        if id_ptr[q + 1] - id_ptr[q] > m:
+            m = id_ptr[q + 1] - id_ptr[q]
     parent = np.empty(m, np.int64)
     comp = np.empty(m, np.int64)
     out_deg = np.empty(m + 1, np.int64)
@@ -698,9 +716,11 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
                 while parent[rb] != rb:
                     parent[rb] = parent[parent[rb]]
                     rb = parent[rb]
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-                    ra = min(ra, rb)
+                if rb < ra:  # the smaller root wins (comparisons, not min/max: cheaper)
+                    parent[ra] = rb
+                    ra = rb
+                elif rb > ra:
+                    parent[rb] = ra
             root = local[indptr[i + 1] - 1]  # the query itself: the last token of every prompt
             if has_y:
                 y = local[y_entry[i]]

@@ -22,7 +22,6 @@ from numba import njit
 from scipy import sparse
 from scipy.sparse import csgraph
 from scipy.sparse import linalg as splinalg
-from scipy.special import logsumexp
 
 #: Below this log-probability the dense solver switches from linear to log-space GTH: with
 #: every entry above ``exp(-600)`` no intermediate quantity of GTH can under- or overflow.
@@ -38,6 +37,20 @@ _DENSE_FALLBACK_MAX = 2_000
 
 
 # --------------------------------------------------------------------------- dense GTH
+def logsumexp(a, axis=None):
+    """``log(sum(exp(a)))`` along ``axis``, safe for ``-inf`` and huge entries.
+
+    ``scipy.special.logsumexp`` does the same but its array-API dispatch costs about a
+    millisecond per call, which dominates the mean-field flow's many tiny calls.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    m = a.max(axis=axis, keepdims=True, initial=-np.inf)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.exp(a - m).sum(axis=axis, keepdims=True)) + m
+    return out.squeeze() if axis is None else np.squeeze(out, axis=axis)
+
+
 @njit(cache=True, nogil=True)
 def _gth_eliminate(A):
     """In-place GTH elimination of ``A``; the last row/column reduction is kept in ``A``."""
@@ -82,6 +95,37 @@ def _log_gth_eliminate(L):
                     L[i, j] = x + np.log1p(np.exp(b - x))
 
 
+@njit(cache=True, nogil=True)
+def _gth_back(A):
+    """Unnormalised ``pi`` from the eliminated matrix: ``pi[k] = sum_{i<k} pi[i] A[i, k]``."""
+    n = A.shape[0]
+    pi = np.empty(n)
+    pi[0] = 1.0
+    for k in range(1, n):
+        s = 0.0
+        for i in range(k):
+            s += pi[i] * A[i, k]
+        pi[k] = s
+    return pi
+
+
+@njit(cache=True, nogil=True)
+def _log_gth_back(L):
+    """:func:`_gth_back` in log space."""
+    n = L.shape[0]
+    lp = np.empty(n)
+    lp[0] = 0.0
+    for k in range(1, n):
+        m = -np.inf
+        for i in range(k):
+            m = max(m, lp[i] + L[i, k])
+        s = 0.0
+        for i in range(k):
+            s += np.exp(lp[i] + L[i, k] - m)
+        lp[k] = m + np.log(s)
+    return lp
+
+
 def _gth(P):
     """GTH elimination on a dense irreducible row-stochastic matrix.
 
@@ -90,12 +134,8 @@ def _gth(P):
     sum of the off-diagonal entries, so every intermediate is a sum of positive terms.
     """
     A = np.array(P, dtype=np.float64, order="C")
-    n = A.shape[0]
     _gth_eliminate(A)
-    pi = np.empty(n)
-    pi[0] = 1.0
-    for k in range(1, n):
-        pi[k] = pi[:k] @ A[:k, k]
+    pi = _gth_back(A)
     return pi / pi.sum()
 
 
@@ -107,12 +147,8 @@ def _log_gth(logP):
     (probability 0) as long as the chain is irreducible.
     """
     L = np.array(logP, dtype=np.float64, order="C")
-    n = L.shape[0]
     _log_gth_eliminate(L)
-    logpi = np.empty(n)
-    logpi[0] = 0.0
-    for k in range(1, n):
-        logpi[k] = logsumexp(logpi[:k] + L[:k, k])
+    logpi = _log_gth_back(L)
     return logpi - logsumexp(logpi)
 
 

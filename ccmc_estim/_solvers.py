@@ -56,9 +56,14 @@ def _dot(a, b):
 
 @njit(cache=True, nogil=True)
 def _abs_max(a):
+    """``np.abs(a).max()`` (NaN if any is NaN), or 0 for an empty array."""
     m = 0.0
     for k in range(a.size):
-        m = max(m, abs(a[k]))
+        v = abs(a[k])
+        if v > m:
+            m = v
+        elif v != v:
+            return v
     return m
 
 
@@ -72,7 +77,8 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
     top = 0.0
     for k in range(n):
         hess[k, k] += alpha
-        top = max(top, hess[k, k])
+        if hess[k, k] > top:
+            top = hess[k, k]
     # The unpenalised loss is flat along the all-ones direction (column gauge).  Adding
     # c * 1 1^T leaves the step orthogonal to it, since the gradient is.
     shift = top / n if alpha == 0.0 else 0.0
@@ -179,7 +185,7 @@ def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_it
     total = 0.0
     for i in range(weight.size):
         total += weight[i]
-    scale = max(total, 1.0)
+    scale = total if total > 1.0 else 1.0
     gtol = tol * scale
     f = _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob)
     status = MAX_ITER

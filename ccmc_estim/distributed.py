@@ -247,6 +247,10 @@ def _concat(parts, rows, dtype):
 
 
 # --------------------------------------------------------------------------- step 1: validate
+def _nbytes(*arrays):
+    return sum(a.nbytes for a in arrays)
+
+
 @dataclass(eq=False)
 class _Part:
     """The pairs of one partition with positive weight (flat prompts, outputs, weights)."""
@@ -255,6 +259,12 @@ class _Part:
     lengths: np.ndarray
     outputs: np.ndarray
     weight: np.ndarray
+
+    def __sizeof__(self):
+        # Dask sizes the data it holds and moves with sys.getsizeof: without this it would
+        # count a piece of the shuffle as a few bytes (memory limits, spilling, transfer logs).
+        return object.__sizeof__(self) + _nbytes(self.flat, self.lengths, self.outputs,
+                                                 self.weight)
 
 
 @dataclass(eq=False)
@@ -402,13 +412,24 @@ class _Block:
     never_chosen: dict
     dominant: dict | None
 
+    def __sizeof__(self):  # see _Part.__sizeof__
+        arrays = [v for v in vars(self).values() if isinstance(v, np.ndarray)]
+        return object.__sizeof__(self) + _nbytes(*arrays, *(
+            a for a in self.information if a is not None))
+
 
 def _fit_block(est, n_tokens, q0, q1, scale, dist_weight, *pieces):
     """Solve the columns ``q0:q1`` (all the pairs whose query lies there) on this worker."""
     flat, indptr, outputs, weight = gather_pairs(*pieces)
     problem = build_columns(flat, indptr, n_tokens, outputs, weight, dist_weight)
     del flat, indptr, outputs, weight
-    if est.warm_start and getattr(est, "n_tokens_", None) == n_tokens:
+    return solve_block(est, problem, q0, q1, scale)
+
+
+def solve_block(est, problem, q0, q1, scale):
+    """Solve a column problem whose pairs all have queries in ``q0:q1`` and keep what the
+    fitted estimator needs of it (the in-memory fit of large data uses it too)."""
+    if est.warm_start and getattr(est, "n_tokens_", None) == problem.n_tokens:
         theta = problem.gather(est.logits_)
     else:
         theta = np.zeros(problem.n_params)

@@ -43,6 +43,11 @@ from .model import CCMC, PositionalCCMC, check_position_bias
 
 _SOLVERS = ("auto", "newton", "newton-cg")
 
+#: Largest column layout built at once by an in-memory fit (bytes); larger data are laid out
+#: and solved in blocks of columns.  The layout costs at most 12 bytes per prompt token.
+LAYOUT_BUDGET = 384 * 2**20
+_LAYOUT_BYTES = 12
+
 
 def weight_scale(weight):
     """Divisor that keeps huge weights from overflowing sums and tiny ones from looking
@@ -290,9 +295,39 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
+        n_blocks = int(np.ceil(_LAYOUT_BYTES * flat.size / LAYOUT_BUDGET))
+        if n_blocks > 1:
+            return self._fit_blocks(flat, indptr, K, outputs, weight, n_blocks, t0)
         problem = build_columns(flat, indptr, K, outputs, weight)
         del flat, indptr  # the column layout holds all the fit needs
         return self._fit_problem(problem, weight, t0)
+
+    def _fit_blocks(self, flat, indptr, K, outputs, weight, n_blocks, t0):
+        """The fit of data whose column layout would be large: contiguous blocks of columns
+        of similar size are laid out, solved and reduced to their results one at a time, so
+        the memory is the data plus one block (the results are identical)."""
+        from .distributed import _bounds, _merge, solve_block
+
+        query = flat[indptr[1:] - 1]
+        load = np.bincount(query, weights=np.diff(indptr) * (weight > 0), minlength=K)
+        scale = weight_scale(weight)
+        blocks = []
+        bounds = _bounds(load, K, n_blocks)
+        for q0, q1 in zip(bounds[:-1], bounds[1:], strict=True):
+            w = np.where((query >= q0) & (query < q1), weight, 0.0)
+            blocks.append(solve_block(self, build_columns(flat, indptr, K, outputs, w),
+                                      int(q0), int(q1), scale))
+            if self.verbose:
+                print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
+                      f"({len(blocks)} of {bounds.size - 1} blocks)")
+        report, theta, solution = _merge(blocks, K, self.sparse)
+        del blocks
+        n_obs = scale * float((weight / scale).sum())
+        self._assemble(report, theta, solution, n_obs, scale=scale)
+        if self.verbose:
+            print(f"{type(self).__name__}: {int((weight > 0).sum())} prompts, "
+                  f"{theta.size} identified logits, {time.perf_counter() - t0:.3f} s")
+        return self
 
     def _fit_stats(self, stats, outputs):
         """Fit on prompt statistics built by this package (the growing contexts of one
@@ -357,6 +392,8 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             self.logits_[id_tokens, np.repeat(np.arange(K), sizes)] = theta
         self.identified_ = report.identified
         self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
+        self.logits_ = self.model_.logits  # the model's frozen copy: stored once, read-only
+        del theta
         self.classes_ = self._classes(K)
         self.n_tokens_ = K
         self.n_iter_ = solution.n_iter

@@ -6,7 +6,7 @@ from numbers import Integral
 import numpy as np
 
 from . import _kernels
-from ._markov import stationary_log, support_block
+from ._markov import logsumexp, stationary_log, support_block
 from ._stats import (
     PromptStats,
     check_memory,
@@ -198,8 +198,6 @@ def _mean_field_drift(sub, x):
     ``supp(x)``; it is computed on ``supp(x)`` only, which keeps the faces invariant exactly,
     as the flow requires.
     """
-    from scipy.special import logsumexp
-
     on = np.flatnonzero(x > 0)
     pi = np.zeros_like(x)
     if on.size == 1:
@@ -309,8 +307,6 @@ def _is_stable(sub, x):
     are never taken across a face, where the flow of huge logits bends on the scale
     ``exp(-logit)`` and no difference step would be small enough.
     """
-    from scipy.special import logsumexp
-
     on = np.flatnonzero(x > 0)
     off = np.flatnonzero(x == 0)
     if off.size:
