@@ -3,6 +3,7 @@
 import time
 import warnings
 from dataclasses import replace
+from itertools import pairwise
 from numbers import Integral, Real
 
 import numpy as np
@@ -313,7 +314,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         scale = weight_scale(weight)
         blocks = []
         bounds = _bounds(load, K, n_blocks)
-        for q0, q1 in zip(bounds[:-1], bounds[1:], strict=True):
+        for q0, q1 in pairwise(bounds):
             w = np.where((query >= q0) & (query < q1), weight, 0.0)
             blocks.append(solve_block(self, build_columns(flat, indptr, K, outputs, w),
                                       int(q0), int(q1), scale))
