@@ -158,90 +158,7 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
     return d
 
 
-@njit(cache=True, nogil=True)
-def _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob):
-    """Penalised objective; with ``grad`` not empty its gradient too (and ``prob`` the entry
-    probabilities, else the entry scores)."""
-    f = column_nll_grad(theta, indptr, local, logc, y_entry, weight, grad, prob)
-    for k in range(grad.size):
-        grad[k] += alpha * theta[k]
-    return f + 0.5 * alpha * _dot(theta, theta)
-
-
-@njit(cache=True, nogil=True)
-def solve_column(theta, indptr, local, logc, y_entry, weight, alpha, tol, max_iter, kind):
-    """Minimise one column's penalised NLL in place; returns ``(objective, n_iter, status)``.
-
-    ``kind`` selects the method by its type, so that numba compiles only the one a call uses:
-    :data:`NEWTON_CG` (1-D) truncated Newton, :data:`NEWTON` (2-D) the dense Hessian.
-    """
-    n = theta.size
-    grad = np.empty(n)
-    prob = np.empty(local.size)
-    trial = np.empty(n)
-    grad_t = np.empty(n)
-    prob_t = np.empty(local.size)
-    no_grad = np.empty(0)
-    total = 0.0
-    for i in range(weight.size):
-        total += weight[i]
-    scale = total if total > 1.0 else 1.0
-    gtol = tol * scale
-    f = _penalised(theta, indptr, local, logc, y_entry, weight, alpha, grad, prob)
-    status = MAX_ITER
-    n_iter = 0
-    while True:
-        if _abs_max(grad) <= gtol:
-            status = CONVERGED
-            break
-        if n_iter >= max_iter:
-            break
-        n_iter += 1
-        if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
-            d = _cg_direction(grad, indptr, local, weight, prob, alpha, scale)
-        else:
-            d = _dense_direction(grad, indptr, local, weight, prob, alpha)
-        gd = _dot(grad, d)
-        if not gd < 0.0:  # not a descent direction (numerical breakdown): steepest descent
-            for k in range(n):
-                d[k] = -grad[k]
-            gd = -_dot(grad, grad)
-        # Armijo backtracking; a change within rounding of f counts as no increase.  The full
-        # step is tried with the gradient, since Newton steps are accepted almost always.
-        slack = 8.0 * _EPS * abs(f)
-        for k in range(n):
-            trial[k] = theta[k] + d[k]
-        ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
-        t = 1.0
-        while ft > f + 1e-4 * t * gd + slack and t > 1e-18:
-            t *= 0.5
-            for k in range(n):
-                trial[k] = theta[k] + t * d[k]
-            ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, no_grad, prob_t)
-        if ft > f + 1e-4 * t * gd + slack:
-            status = NO_DECREASE
-            break
-        if t < 1.0:
-            ft = _penalised(trial, indptr, local, logc, y_entry, weight, alpha, grad_t, prob_t)
-        g_old = _abs_max(grad)
-        for k in range(n):
-            theta[k] = trial[k]
-        grad, grad_t = grad_t, grad
-        prob, prob_t = prob_t, prob
-        f_old = f
-        f = ft
-        if f_old - f <= slack and (t < 1.0 or _abs_max(grad) > 0.5 * g_old):
-            # The objective no longer decreases beyond rounding: only a damped step was
-            # possible, or a full step that did not even halve the gradient (it is rounding
-            # noise, which is how a tol below what float64 resolves, e.g. 1e-300, ends).  A
-            # full step that still shrinks the gradient goes on: Newton is converging
-            # quadratically and the next step gains digits of the solution.
-            status = NO_DECREASE
-            break
-    return f, n_iter, status
-
-
-#: Values of ``kind`` (see :func:`solve_column`).
+#: Values of ``kind`` (see :func:`_solve_columns`).
 NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
 
@@ -265,8 +182,14 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
 def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all, id_ptr, theta,
                    alpha, tol, max_iter, objective, n_iter, status, info_offsets, info, info_diag,
                    kind):
-    """The compiled loop of :func:`_solve_chunk` (flat arguments: a namedtuple or a tuple
-    argument costs compilation time of its own)."""
+    """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
+    by damped Newton steps, then record its information.
+
+    ``kind`` selects the method by its type, so that numba compiles only the one a call uses:
+    :data:`NEWTON_CG` (1-D) truncated Newton, :data:`NEWTON` (2-D) the dense Hessian.  One
+    function with flat arguments, since every compiled level above the kernels optimises again
+    all that it calls, and a namedtuple or tuple argument costs compilation time of its own.
+    """
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -275,7 +198,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
         p0 = id_ptr[q]
         p1 = id_ptr[q + 1]
         n = p1 - p0
-        th = theta[p0:p1]
+        theta_q = theta[p0:p1]
         # The column's pointers from 0, by loops (an array expression would compile a kernel).
         ip = np.empty(b - a + 1, np.int64)
         for r in range(b - a + 1):
@@ -286,14 +209,79 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
         local = local_all[e0:e1]
         logc = logc_all[e0:e1]
         w = weight_all[a:b]
-        f, it, st = solve_column(th, ip, local, logc, y, w, alpha, tol, max_iter, kind)
+
+        # Newton's method on the penalised objective NLL + alpha / 2 ||theta||^2.
+        grad = np.empty(n)
+        prob = np.empty(e1 - e0)
+        trial = np.empty(n)
+        grad_t = np.empty(n)
+        prob_t = np.empty(e1 - e0)
+        total = 0.0
+        for r in range(b - a):
+            total += w[r]
+        scale = total if total > 1.0 else 1.0
+        gtol = tol * scale
+        f = column_nll_grad(theta_q, ip, local, logc, y, w, grad, prob)
+        for k in range(n):
+            grad[k] += alpha * theta_q[k]
+        f += 0.5 * alpha * _dot(theta_q, theta_q)
+        st = MAX_ITER
+        it = 0
+        while True:
+            if _abs_max(grad) <= gtol:
+                st = CONVERGED
+                break
+            if it >= max_iter:
+                break
+            it += 1
+            if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
+                d = _cg_direction(grad, ip, local, w, prob, alpha, scale)
+            else:
+                d = _dense_direction(grad, ip, local, w, prob, alpha)
+            gd = _dot(grad, d)
+            if not gd < 0.0:  # not a descent direction (numerical breakdown): steepest descent
+                for k in range(n):
+                    d[k] = -grad[k]
+                gd = -_dot(grad, grad)
+            # Armijo backtracking; a change within rounding of f counts as no increase.  Each
+            # trial comes with its gradient, since Newton steps are accepted almost always.
+            slack = 8.0 * _EPS * abs(f)
+            t = 1.0
+            while True:
+                for k in range(n):
+                    trial[k] = theta_q[k] + t * d[k]
+                ft = column_nll_grad(trial, ip, local, logc, y, w, grad_t, prob_t)
+                for k in range(n):
+                    grad_t[k] += alpha * trial[k]
+                ft += 0.5 * alpha * _dot(trial, trial)
+                if not (ft > f + 1e-4 * t * gd + slack and t > 1e-18):
+                    break
+                t *= 0.5
+            if ft > f + 1e-4 * t * gd + slack:
+                st = NO_DECREASE
+                break
+            g_old = _abs_max(grad)
+            for k in range(n):
+                theta_q[k] = trial[k]
+            grad, grad_t = grad_t, grad
+            prob, prob_t = prob_t, prob
+            f_old = f
+            f = ft
+            if f_old - f <= slack and (t < 1.0 or _abs_max(grad) > 0.5 * g_old):
+                # The objective no longer decreases beyond rounding: only a damped step was
+                # possible, or a full step that did not even halve the gradient (it is
+                # rounding noise, which is how a tol below what float64 resolves, e.g.
+                # 1e-300, ends).  A full step that still shrinks the gradient goes on: Newton
+                # is converging quadratically and the next step gains digits of the solution.
+                st = NO_DECREASE
+                break
         objective[q] = f
         n_iter[q] = it
         status[q] = st
+
         if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
             continue
-        prob = np.empty(local.size)
-        column_nll_grad(th, ip, local, logc, y, w, np.empty(n), prob)
+        column_nll_grad(theta_q, ip, local, logc, y, w, grad, prob)  # the probabilities
         column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
         o = info_offsets[q]
         if o >= 0:
