@@ -137,7 +137,8 @@ def main(argv=None):
         f"A shuffled pair weighs {pair_bytes} bytes (its {L} int32 tokens, its length, output "
         "and weight, 8 bytes each); with W workers a fraction (W - 1) / W of the pairs "
         f"changes worker, {pair_bytes * (big['workers'] - 1) / big['workers']:.0f} bytes per "
-        "pair expected here (the rest of the measured traffic: the validation summaries).",
+        "pair expected here; the rest of the measured traffic is input partitions that the "
+        "scheduler moved to idle workers before validating them, and the summaries.",
         "",
         "## Weak scaling",
         "",

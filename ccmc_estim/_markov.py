@@ -434,8 +434,10 @@ def _solve_iterative(M, rtol=1e-13):
     d = M.diagonal()
     pre = splinalg.LinearOperator((K, K), matvec=lambda v: v / d, dtype=np.float64)
     b = np.ones(K)
+    # At most about 600 products: a well-mixing chain converges in far fewer, and a nearly
+    # decomposable one should fail fast (LinAlgError) rather than grind.
     x, info = splinalg.gmres(M, b, x0=b / d, M=pre, rtol=rtol, atol=0.0, restart=60,
-                             maxiter=30)
+                             maxiter=10)
     if info != 0 or not np.isfinite(x).all():
         return None
     return x

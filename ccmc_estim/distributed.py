@@ -587,6 +587,8 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
     del pairs, pieces, parts
     report, theta, solution = _merge(fitted, n_tokens, estimator.sparse)
     bias = None if position_bias is None else position_bias
+    # Dask collections hold integer ids (validated on the workers): no token classes to keep.
+    estimator._token_classes = None
     estimator._assemble(report, theta, solution, summary.wsum, bias=bias, scale=scale)
     if estimator.verbose:
         print(

@@ -782,7 +782,7 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
     w_err, r_err, w_n, r_n = [], [], [], []
     for n in lengths:
         stats = _trajectory_stats(prompt, traj[:n], K)
-        est = clone(est0).fit(stats, traj[:n])
+        est = clone(est0)._fit_stats(stats, traj[:n])
         fitted = support_block(est.logits_, support)
         diff_est = fitted - np.diag(fitted)[None, :]
         diff_true = truth - np.diag(truth)[None, :]

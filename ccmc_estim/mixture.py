@@ -154,11 +154,11 @@ class BaseChain:
 
 def bigram_support(q, y, w, n_tokens, smoothing="witten-bell"):
     """Distinct ``(query, output)`` keys ``q * K + y`` of weighted pairs, each pair's key, the
-    base chain's prior weights and its smoothed unigram.
+    base chain's prior weights and its backoff unigram.
 
-    The unigram is the weighted output frequency, Witten-Bell smoothed towards the uniform
-    distribution; the prior weight of column ``q`` is its number of distinct continuations
-    (Witten-Bell) or the fixed ``smoothing``.
+    The unigram is Kneser-Ney's continuation unigram (the number of distinct queries each token
+    follows, plus ``1 / K``, normalised); the prior weight of column ``q`` is its number of
+    distinct continuations (Witten-Bell) or the fixed ``smoothing``.
     """
     K = n_tokens
     keys, key_of = np.unique(q * K + y, return_inverse=True)
@@ -167,9 +167,11 @@ def bigram_support(q, y, w, n_tokens, smoothing="witten-bell"):
         beta = _witten_bell(types)
     else:
         beta = np.full(K, float(smoothing))
-    counts = np.bincount(y, weights=w, minlength=K)
-    seen = int((counts > 0).sum())
-    unigram = (counts + seen / K) / (counts.sum() + seen)
+    # Kneser-Ney's continuation unigram: a token's share of the distinct contexts it follows,
+    # the right backoff for a bigram (a token frequent after one query only should not be
+    # predicted after the others), plus a small floor for tokens never seen as outputs.
+    continuation = np.bincount(keys % K, minlength=K).astype(np.float64)
+    unigram = (continuation + 1.0 / K) / (continuation.sum() + 1.0)
     return keys, key_of.ravel(), beta, unigram
 
 

@@ -133,7 +133,7 @@ def test_sparse_decomposable_in_floating_point():
     # only if the coupling is representable; here auto hands it to dense log-space GTH.
     W = np.zeros((4, 4))
     W[1, 0] = W[0, 1] = W[3, 2] = W[2, 3] = 1e4
-    np.testing.assert_allclose(stationary_from_logits(sparse.csc_array(W)), 0.25, rtol=1e-14)
+    np.testing.assert_allclose(stationary_from_logits(sparse.csc_array(W)), 0.25, rtol=1e-11)
     with pytest.warns(RuntimeWarning, match="GMRES"), pytest.raises(np.linalg.LinAlgError):
         stationary_from_logits(sparse.csc_array(W), method="iterative")
     with pytest.raises(ValueError, match="method"):
@@ -213,7 +213,7 @@ def test_face_centres_are_saddles(a):
     sub = a * np.eye(3)
     for x in ([0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]):
         x = np.array(x)
-        assert np.abs(_mean_field_drift(sub, x)).max() < 1e-15
+        assert np.abs(_mean_field_drift(sub, x)).max() < 8 * a * np.finfo(float).eps
         assert not _is_stable(sub, x)
     for k in range(3):
         assert _is_stable(sub, np.eye(3)[k])

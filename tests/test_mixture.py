@@ -133,14 +133,13 @@ def test_compare_models_against_independent_baselines(rng):
     cmp = compare_models(est, X, y, Xt, yt)
     allp, cov = cmp.mean_log_likelihood["all pairs"], cmp.mean_log_likelihood["covered pairs"]
     assert allp["mixture"] == pytest.approx(est.score(Xt, yt))
-    # Witten-Bell bigram by hand.
+    # Witten-Bell bigram with the continuation unigram, by hand.
     K = 6
     C = np.zeros((K, K))
     np.add.at(C, (y, X[:, -1]), 1)
     T = (C > 0).sum(axis=0)
-    cnt = np.bincount(y, minlength=K)
-    seen = (cnt > 0).sum()
-    u = (cnt + seen / K) / (cnt.sum() + seen)
+    cont = (C > 0).sum(axis=1)  # Kneser-Ney continuation counts
+    u = (cont + 1 / K) / (cont.sum() + 1)
     beta = np.where(T > 0, T, 1)
     B = (C + beta * u[:, None]) / (C.sum(axis=0) + beta)
     base = np.log(B[yt, Xt[:, -1]])
