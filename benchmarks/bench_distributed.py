@@ -121,6 +121,11 @@ def main(argv=None):
         f"with one thread each. Data: K={K}, prompts of L={L} int32 tokens, outputs from a "
         f"random CCMC, generated on the workers in partitions of {PART:,} pairs.",
         "",
+        "The fit times include generating the data on the workers (the data are lazy, made "
+        "by the fit's first tasks: about 16 s per million pairs on one core here). Other jobs "
+        "shared the 2 cores during the runs, so single timings vary by tens of percent (an "
+        "efficiency above 1 is that noise).",
+        "",
         "## A data set larger than one worker's memory limit",
         "",
         f"{big['workers']} workers with `memory_limit={args.memory_limit}` each; the data "

@@ -36,6 +36,7 @@ from ._stats import (
     validate_prompts,
 )
 from .diagnostics import report_from_columns, use_sparse
+from .distributed import is_dask_collection
 from .estimator import _HashableTokens
 from .model import CCMC, dense_size_check
 
@@ -552,6 +553,12 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self
         """
         self._validate_params()
+        if any(is_dask_collection(v) for v in (prompts, outputs, sample_weight)):
+            raise ValueError(
+                "MixtureCCMCEstimator fits in memory only for now: compute the Dask "
+                "collections first (e.g. X.compute()), or fit the pure CCMC on the cluster "
+                "with CCMCEstimator."
+            )
         a, b = self._check_prior()
         t0 = time.perf_counter()
         prompts, outputs = self._encode_fit(prompts, outputs)
