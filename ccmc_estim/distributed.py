@@ -451,7 +451,16 @@ def solve_block(est, problem, q0, q1, scale):
 def _merge(blocks, n_tokens, sparse):
     """The identifiability report, parameters and solution of all columns, from the blocks
     (in column order, so every per-column and per-parameter array is their concatenation)."""
+    def take(name):
+        # Blocks give up each per-parameter field as soon as it is merged: the peak is the
+        # blocks plus one merged field, not twice the results.
+        out = np.concatenate([getattr(b, name) for b in blocks])
+        for b in blocks:
+            setattr(b, name, None)
+        return out
+
     cat = np.concatenate
+
     sizes = cat([np.diff(b.id_ptr) for b in blocks])
     id_ptr = np.zeros(n_tokens + 1, np.int64)
     np.cumsum(sizes, out=id_ptr[1:])
@@ -470,17 +479,17 @@ def _merge(blocks, n_tokens, sparse):
         dominant=dominant,
         sparse=use_sparse(sparse, n_tokens, int(sizes.sum())),
         id_ptr=id_ptr,
-        id_tokens=cat([b.id_tokens for b in blocks]),
-        n_cooccur=cat([b.n_cooccur for b in blocks]),
+        id_tokens=take("id_tokens"),
+        n_cooccur=take("n_cooccur"),
     )
     solution = ColumnSolution(
         objective=cat([b.objective for b in blocks]),
         n_iter=cat([b.n_iter for b in blocks]),
         status=cat([b.status for b in blocks]),
         information=[info for b in blocks for info in b.information],
-        information_diag=cat([b.information_diag for b in blocks]),
+        information_diag=take("information_diag"),
     )
-    return report, cat([b.theta for b in blocks]), solution
+    return report, take("theta"), solution
 
 
 def _default_blocks(n_partitions):

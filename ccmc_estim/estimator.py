@@ -40,7 +40,7 @@ from .diagnostics import (
     use_sparse,
 )
 from .distributed import is_dask_collection
-from .model import CCMC, PositionalCCMC, check_position_bias
+from .model import CCMC, PositionalCCMC, adopt_logits, check_position_bias
 
 _SOLVERS = ("auto", "newton", "newton-cg")
 
@@ -48,6 +48,20 @@ _SOLVERS = ("auto", "newton", "newton-cg")
 #: and solved in blocks of columns.  The layout costs at most 12 bytes per prompt token.
 LAYOUT_BUDGET = 384 * 2**20
 _LAYOUT_BYTES = 12
+
+
+def centre_columns(theta, id_ptr, chunk=4096):
+    """Centre each column of flat parameters over its identified entries, in place (columns
+    in chunks, so the temporary is small whatever the number of parameters)."""
+    sizes = np.diff(id_ptr)
+    nz = sizes > 0
+    means = np.zeros(sizes.size)
+    if theta.size:
+        means[nz] = np.add.reduceat(theta, id_ptr[:-1][nz]) / sizes[nz]
+    for a in range(0, sizes.size, chunk):
+        b = min(a + chunk, sizes.size)
+        theta[id_ptr[a] : id_ptr[b]] -= np.repeat(means[a:b], sizes[a:b])
+    return theta
 
 
 def weight_scale(weight):
@@ -142,7 +156,8 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         Threads over columns; None uses every core (``-1`` too), as scikit-learn's compiled
         estimators do.  Results do not depend on it.
     verbose : int, default=0
-        Print a summary of the fit when positive.
+        1: a summary line after the fit (and a line per column block for large data); 2: also
+        a line per stage (validation, layout, solve, report) with the elapsed time.
 
     Attributes
     ----------
@@ -299,9 +314,18 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         n_blocks = int(np.ceil(_LAYOUT_BYTES * flat.size / LAYOUT_BUDGET))
         if n_blocks > 1:
             return self._fit_blocks(flat, indptr, K, outputs, weight, n_blocks, t0)
+        self._stage("validated the data", t0)
         problem = build_columns(flat, indptr, K, outputs, weight)
         del flat, indptr  # the column layout holds all the fit needs
+        self._stage(f"column layout: {problem.indptr[-1]:,} entries, {problem.n_params:,} "
+                    "identified logits", t0)
         return self._fit_problem(problem, weight, t0)
+
+    def _stage(self, what, t0):
+        """With ``verbose >= 2``, one line per stage of the fit, with the elapsed time."""
+        if self.verbose >= 2:
+            print(f"{type(self).__name__}: {what} ({time.perf_counter() - t0:.3f} s)",
+                  flush=True)
 
     def _fit_blocks(self, flat, indptr, K, outputs, weight, n_blocks, t0):
         """The fit of data whose column layout would be large: contiguous blocks of columns
@@ -349,7 +373,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         # huge (the minimiser is unchanged, the penalty scaled alike).
         scale = weight_scale(weight)
         solution = self._solve(problem, theta, scale)
+        self._stage(f"solved {int((np.diff(problem.col_ptr) > 0).sum())} columns, at most "
+                    f"{int(solution.n_iter.max(initial=0))} Newton iterations", t0)
         self._store(problem, theta, solution, weight, scale=scale)
+        self._stage("identifiability report and fitted attributes", t0)
         if self.verbose:
             print(
                 f"{type(self).__name__}: {int((weight > 0).sum())} prompts, "
@@ -383,18 +410,19 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         # Centre each column over its identified entries (the reported gauge).
         id_ptr, id_tokens = report.id_ptr, report.id_tokens
         sizes = np.diff(id_ptr)
-        means = np.add.reduceat(theta, id_ptr[:-1][sizes > 0]) / sizes[sizes > 0]
-        theta = theta - np.repeat(means, sizes[sizes > 0])
+        theta = centre_columns(theta.copy() if theta.base is not None else theta, id_ptr)
         self._columns = (id_ptr, id_tokens)
         if sparse:
-            self.logits_ = sp.csc_array((theta, id_tokens, id_ptr), shape=(K, K))
+            logits = sp.csc_array((theta, id_tokens, id_ptr), shape=(K, K))
         else:
-            self.logits_ = np.zeros((K, K))
-            self.logits_[id_tokens, np.repeat(np.arange(K), sizes)] = theta
-        self.identified_ = report.identified
-        self.model_ = CCMC(self.logits_) if bias is None else PositionalCCMC(self.logits_, bias)
-        self.logits_ = self.model_.logits  # the model's frozen copy: stored once, read-only
+            logits = np.zeros((K, K))
+            logits[id_tokens, np.repeat(np.arange(K), sizes)] = theta
         del theta
+        self.identified_ = report.identified
+        # The model takes the fresh logits without a defensive copy; logits_ is its view.
+        self.model_ = (adopt_logits(CCMC, logits) if bias is None
+                       else adopt_logits(PositionalCCMC, logits, bias))
+        self.logits_ = self.model_.logits
         self.classes_ = self._classes(K)
         self.n_tokens_ = K
         self.n_iter_ = solution.n_iter

@@ -1,7 +1,7 @@
 """Generation from one prompt and its winner-takes-all collapse (THEORY.md section 6)."""
 
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -410,6 +410,9 @@ class WinnerAnalysis:
         return WinnerDisplay.from_result(self, ax=ax, **kwargs)
 
 
+@validate_params({"n_starts": [number(Integral, 0, 10**6)],
+                  "threshold": [number(Real, 0, 1, closed="neither")],
+                  "random_state": ["random_state"]}, prefer_skip_nested_validation=True)
 def winner_analysis(model, prompt, *, n_starts=10, threshold=1e-3, random_state=0):
     """Which tokens take over when generating from ``prompt`` with a growing context.
 
@@ -733,6 +736,8 @@ class TrajectoryLearning:
         return self.summary()
 
 
+@validate_params({"lengths": ["array-like"], "share": [number(Real, 0, 1, closed="neither")],
+                  "random_state": ["random_state"]}, prefer_skip_nested_validation=True)
 def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
                           random_state=None):
     """Fit a CCMC on growing prefixes of one generated trajectory and track what it learns.
@@ -763,7 +768,11 @@ def learn_from_trajectory(model, prompt, lengths, *, estimator=None, share=0.05,
 
     model = _check_model(model, positional=False)
     prompt = _check_prompt(prompt, model.n_tokens)
-    lengths = np.asarray(lengths, np.int64)
+    raw = np.asarray(lengths)
+    if raw.dtype.kind not in "iuf" or raw.dtype == bool or not np.all(np.isfinite(raw)) or (
+            raw.dtype.kind == "f" and np.any(raw != np.round(raw))):
+        raise ValueError(f"lengths must be whole numbers of steps, got {lengths!r}.")
+    lengths = raw.astype(np.int64)
     if lengths.ndim != 1 or lengths.size == 0 or lengths.min() < 1 or np.any(np.diff(lengths) <= 0):
         raise ValueError("lengths must be a non-empty increasing sequence of positive integers.")
     est0 = CCMCEstimator(alpha=1e-3) if estimator is None else estimator

@@ -21,9 +21,9 @@ from ._stats import (
 from .attention import _as_float64, logits_from_attention
 
 
-def _check_logits(logits):
+def _check_logits(logits, copy=True):
     """A private, read-only copy of dense ``(K, K)`` logits or canonical CSC parts of sparse
-    ones, with every entry finite."""
+    ones, with every entry finite (``copy=False``: freeze the given arrays themselves)."""
     # Booleans are refused as everywhere else (weights, biases, embeddings): True is no logit.
     if sparse.issparse(logits):
         if logits.dtype.kind not in "iuf":
@@ -47,7 +47,7 @@ def _check_logits(logits):
                 logits.check_format(full_check=True)
             except ValueError as exc:
                 raise ValueError(f"logits is a malformed sparse array: {exc}") from None
-        ptr, idx, val = (a.copy() for a in csc_parts(logits))
+        ptr, idx, val = (a.copy() if copy else a for a in csc_parts(logits))
         bad = np.flatnonzero(~np.isfinite(val))
         if bad.size:
             q = int(np.searchsorted(ptr, bad[0], side="right") - 1)
@@ -56,12 +56,24 @@ def _check_logits(logits):
         for arr in (ptr, idx, val):
             arr.setflags(write=False)
         return ptr, idx, val
-    logits = np.array(logits, dtype=np.float64)  # a private copy: the model is immutable
+    # A private copy: the model is immutable.
+    logits = np.array(logits, dtype=np.float64) if copy else np.asarray(logits, np.float64)
     if not np.isfinite(logits).all():
         k, q = np.argwhere(~np.isfinite(logits))[0]
         raise ValueError(f"logits must be finite; logits[{k}, {q}] = {logits[k, q]}.")
     logits.setflags(write=False)
     return logits
+
+
+def adopt_logits(cls, logits, *position_bias):
+    """A model of class ``cls`` that takes ownership of freshly computed logits: validated and
+    frozen in place, without the defensive copy of the constructor (the estimators' results
+    at large vocabularies are stored once)."""
+    model = cls.__new__(cls)
+    model._set_logits(logits, copy=False)
+    if position_bias:
+        model.position_bias = check_position_bias(position_bias[0])
+    return model
 
 
 def dense_size_check(n_rows, n_cols, what):
@@ -117,8 +129,8 @@ class CCMC:
     def __init__(self, logits):
         self._set_logits(logits)
 
-    def _set_logits(self, logits):
-        checked = _check_logits(logits)
+    def _set_logits(self, logits, copy=True):
+        checked = _check_logits(logits, copy)
         if isinstance(checked, tuple):
             self._dense = None
             self._parts = checked

@@ -557,3 +557,22 @@ def _dump(model, _cache={}):  # noqa: B006 (one temporary file per session)
     path = _cache.setdefault("path", tempfile.mkstemp(suffix=".joblib")[1])
     joblib.dump(model, path)
     return path
+
+
+@pytest.mark.parametrize("kwargs", [{"threshold": np.nan}, {"threshold": 0}, {"n_starts": -1},
+                                    {"threshold": True}])
+def test_winner_analysis_parameters(kwargs):
+    from ccmc_estim import CCMC, winner_analysis
+
+    with pytest.raises((ValueError, TypeError), match="parameter"):
+        winner_analysis(CCMC(np.eye(3)), [0, 1, 2], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"lengths": [10.5, 20]}, {"share": np.nan},
+                                    {"lengths": [np.nan]}, {"share": 1.5}])
+def test_learn_from_trajectory_parameters(kwargs):
+    from ccmc_estim import CCMC, learn_from_trajectory
+
+    args = {"lengths": [10, 20], **kwargs}
+    with pytest.raises((ValueError, TypeError), match="lengths|share"):
+        learn_from_trajectory(CCMC(np.eye(3)), [0, 1, 2], **args)
