@@ -305,8 +305,15 @@ def _balanced_chunks(cols, cost, n_chunks):
     return [np.array(sorted(b), np.int64) for b in bins if b]
 
 
+#: Below this much work (entry visits) threads cost more than they save: one chunk.
+THREAD_MIN_WORK = 300_000
+
+
 def balanced_chunks(cols, cost, n_jobs):
-    """At most ``n_jobs`` lists of the columns ``cols`` of similar total ``cost``."""
+    """At most ``n_jobs`` lists of the columns ``cols`` of similar total ``cost`` (a single one
+    for small problems, where starting threads costs more than it saves)."""
+    if cost[cols].sum() < THREAD_MIN_WORK:
+        n_jobs = 1
     return _balanced_chunks(cols, cost, max(1, min(int(n_jobs), cols.size)))
 
 

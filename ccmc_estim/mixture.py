@@ -430,7 +430,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         are ignored by the copy part; as an output it is scored by the base chain only.
     max_iter : int, default=200
         EM iterations at most.
-    tol : float, default=1e-5
+    tol : float, default=1e-4
         Stop when an iteration lowers the objective by less than ``tol`` times its size (its
         size is about the number of pairs times the entropy per token).
     newton_steps : int, default=1
@@ -502,7 +502,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
     def __init__(self, alpha=1.0, *, n_tokens=None, smoothing="witten-bell",
                  copy_prior=(1.0, 1.0), copy_weight="per_query", unknown_id=None,
-                 max_iter=200, tol=1e-5, newton_steps=1, acceleration="squarem",
+                 max_iter=200, tol=1e-4, newton_steps=1, acceleration="squarem",
                  warm_start=False, sparse="auto", n_jobs=None, verbose=0):
         self.alpha = alpha
         self.n_tokens = n_tokens

@@ -65,7 +65,10 @@ def test_invariances():
 
 
 @pytest.mark.parametrize("solver", ["newton", "newton-cg"])
-def test_n_jobs_identical(solver):
+def test_n_jobs_identical(solver, monkeypatch):
+    from ccmc_estim import _solvers
+
+    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)  # threads even for this small problem
     X, y, _ = make_ccmc_data(3000, 12, (3, 15), token_distribution="zipf", random_state=5)
     a = CCMCEstimator(solver=solver, n_jobs=1).fit(X, y)
     b = CCMCEstimator(solver=solver, n_jobs=2).fit(X, y)
