@@ -89,7 +89,15 @@ class _HashableTokens:
     """Prompts and outputs of any hashable tokens, the way a scikit-learn classifier takes
     string labels: ``classes_`` holds the sorted tokens, ids are positions in it, ``predict``
     returns tokens and ``predict_proba`` columns follow ``classes_``.  Integer ids ``0..K-1``
-    stay the fast path (``classes_`` is then ``arange(K)``), with identical results."""
+    stay the fast path (``classes_`` is then ``arange(K)``), with identical results.  Also
+    the scikit-learn tags the estimators share."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.target_tags.required = True
+        tags.non_deterministic = False
+        return tags
 
     def _encode_fit(self, prompts, outputs):
         classes = token_classes(prompts, outputs)
@@ -226,13 +234,6 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.n_jobs = n_jobs
         self.verbose = verbose
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
-        tags.target_tags.required = True
-        tags.non_deterministic = False
-        return tags
 
     _parameter_constraints = {  # noqa: RUF012 (scikit-learn's declarative convention)
         "alpha": [number(Real, 0, None, closed="left")],

@@ -37,7 +37,7 @@ from ._stats import (
 )
 from .diagnostics import report_from_columns, use_sparse
 from .distributed import is_dask_collection
-from .estimator import _HashableTokens
+from .estimator import _HashableTokens, centre_columns
 from .model import CCMC, dense_size_check
 
 
@@ -519,13 +519,6 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.verbose = verbose
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.positive_only = True
-        tags.target_tags.required = True
-        tags.non_deterministic = False
-        return tags
-
     def _check_prior(self):
         try:
             a, b = (float(v) for v in self.copy_prior)
@@ -625,11 +618,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         theta, lam, c = params
         K = state.K
         problem = state.problem
-        sizes = np.diff(problem.id_ptr)
-        nz = sizes > 0
-        if theta.size:
-            means = np.add.reduceat(theta, problem.id_ptr[:-1][nz]) / sizes[nz]
-            theta = theta - np.repeat(means, sizes[nz])
+        theta = centre_columns(theta.copy(), problem.id_ptr)
         sparse_storage = use_sparse(self.sparse, K, problem.n_params)
         logits = problem.to_csc(theta) if sparse_storage else problem.to_dense(theta)
         self.ccmc_ = CCMC(logits)
