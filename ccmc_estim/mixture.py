@@ -680,8 +680,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 class _EMState:
     """The fixed data of one EM run and the maps between its parameters.
 
-    Parameters are ``(theta, lam)``: the flat copy logits (column layout of ``problem``) and the
-    copy weights; the base chain is a function of the responsibilities, hence of them.
+    Parameters are ``(theta, lam, c)``: the flat copy logits (column layout of ``problem``),
+    the copy weights and the base chain's expected counts on the observed (query, output)
+    keys (its prior weights and unigram are fixed by the data).
     """
 
     def __init__(self, est, problem, q, y, w, covered, copyable, K, a, b, n_jobs):
