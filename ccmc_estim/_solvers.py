@@ -1,4 +1,4 @@
-"""Per-column solvers of the penalised CCMC likelihood (THEORY.md section 3).
+"""Per-column solvers of the penalised CCMC likelihood.
 
 The objective of column ``q`` is ``NLL_q(theta) + alpha / 2 * ||theta||^2`` over the column's
 identified logits.  Columns do not interact, so each is solved on its own: a damped Newton method

@@ -1,4 +1,4 @@
-"""Input validation and the sufficient statistics of prompts (THEORY.md section 2).
+"""Input validation and the sufficient statistics of prompts.
 
 This is the only module that touches raw user input.  A prompt is reduced once to its query (the
 last token) and the histogram of its tokens, stored as CSR-like flat arrays; every consumer (the

@@ -1,6 +1,6 @@
 """From a one-layer self-attention layer to its CCMC logits, and the layer's literal forward pass.
 
-Conventions (THEORY.md section 1).  A vocabulary of ``K`` tokens has embeddings ``E`` (``K x d``,
+Conventions.  A vocabulary of ``K`` tokens has embeddings ``E`` (``K x d``,
 row ``e_k`` per token) and an output head ``C`` (``K x d``).  In a prompt ``x_1 .. x_L`` the
 query is the last token ``q = x_L``; it attends to every position, itself included, with score
 

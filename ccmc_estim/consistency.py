@@ -1,4 +1,4 @@
-"""Sample complexity of CCMC estimation (THEORY.md section 4): error against data size.
+"""Sample complexity of CCMC estimation: error against data size.
 
 With ``K^2`` free logits, coverage and bounded logits, the mean squared error of the centred
 logits and the excess KL divergence of the predictions fall like ``K^2 / n``.

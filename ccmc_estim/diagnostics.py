@@ -1,4 +1,4 @@
-"""Identifiability, existence, uncertainty and model comparison (THEORY.md section 4)."""
+"""Identifiability, existence, uncertainty and model comparison."""
 
 from dataclasses import dataclass, field
 from numbers import Integral, Real

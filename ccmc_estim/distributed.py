@@ -1,4 +1,4 @@
-"""Fitting and scoring on a Dask cluster, partitioned by query (THEORY.md section 7).
+"""Fitting and scoring on a Dask cluster, partitioned by query.
 
 Every pair (prompt, output) touches one query column only, so a fit on data that no machine
 holds runs in three steps of Dask tasks:

@@ -1,4 +1,4 @@
-"""scikit-learn estimators of the CCMC logits (THEORY.md section 3)."""
+"""scikit-learn estimators of the CCMC logits."""
 
 import time
 import warnings

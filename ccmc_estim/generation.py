@@ -1,4 +1,4 @@
-"""Generation from one prompt and its winner-takes-all collapse (THEORY.md section 6)."""
+"""Generation from one prompt and its winner-takes-all collapse."""
 
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -34,7 +34,7 @@ def _check_model(model, positional=True):
         raise TypeError(f"model must be a CCMC, got {type(model).__name__}.")
     if not positional and isinstance(model, PositionalCCMC):
         raise TypeError(
-            "this analysis assumes the plain CCMC dynamics (THEORY.md section 6); a position "
+            "this analysis assumes the plain CCMC dynamics; a position "
             "bias changes them. Simulate the PositionalCCMC with generate instead."
         )
     return model

@@ -1,4 +1,4 @@
-"""The context-conditioned Markov chain (THEORY.md sections 1 and 2)."""
+"""The context-conditioned Markov chain."""
 
 from numbers import Integral
 
