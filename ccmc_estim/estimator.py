@@ -99,6 +99,22 @@ class _HashableTokens:
         tags.non_deterministic = False
         return tags
 
+    def _training_data(self, prompts, outputs, sample_weight):
+        """Validated flat prompts, vocabulary size, outputs and weights, every size checked
+        before anything of that size is allocated."""
+        flat, indptr, K = validate_prompts(prompts, self.n_tokens)
+        n = indptr.size - 1
+        if self.n_tokens is None:
+            outputs = check_outputs(outputs, n, None)
+            top = int(outputs.max())
+            if top >= K:
+                K = check_n_tokens(top + 1, f"output {top} of sample {int(outputs.argmax())} "
+                                            "is the largest token id")
+        else:
+            outputs = check_outputs(outputs, n, K)
+        weight = check_sample_weight(sample_weight, n)
+        return flat, indptr, K, outputs, weight
+
     def _encode_fit(self, prompts, outputs):
         classes = token_classes(prompts, outputs)
         self._token_classes = classes
@@ -247,22 +263,6 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                    number(Integral, 1, None, closed="left")],
         "verbose": [number(Integral, 0, None, closed="left"), "boolean"],
     }
-
-    def _training_data(self, prompts, outputs, sample_weight):
-        """Validated flat prompts, vocabulary size, outputs and weights, every size checked
-        before anything of that size is allocated."""
-        flat, indptr, K = validate_prompts(prompts, self.n_tokens)
-        n = indptr.size - 1
-        if self.n_tokens is None:
-            outputs = check_outputs(outputs, n, None)
-            top = int(outputs.max())
-            if top >= K:
-                K = check_n_tokens(top + 1, f"output {top} of sample {int(outputs.argmax())} "
-                                            "is the largest token id")
-        else:
-            outputs = check_outputs(outputs, n, K)
-        weight = check_sample_weight(sample_weight, n)
-        return flat, indptr, K, outputs, weight
 
     def _solve(self, problem, theta, scale=1.0):
         """Solve every column in place (the convex problem in the logits), with the weights

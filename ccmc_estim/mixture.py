@@ -26,14 +26,12 @@ from ._solvers import balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
-    check_n_tokens,
     check_outputs,
     check_random_state,
     check_sample_weight,
     n_threads,
     number,
     prompt_stats,
-    validate_prompts,
 )
 from .diagnostics import report_from_columns, use_sparse
 from .distributed import is_dask_collection
@@ -555,20 +553,12 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         a, b = self._check_prior()
         t0 = time.perf_counter()
         prompts, outputs = self._encode_fit(prompts, outputs)
-        flat, indptr, K = validate_prompts(prompts, self.n_tokens)
+        flat, indptr, K, y, w = self._training_data(prompts, outputs, sample_weight)
         n = indptr.size - 1
-        if self.n_tokens is None:
-            y = check_outputs(outputs, n, None)
-            top = int(y.max())
-            if top >= K:
-                K = check_n_tokens(top + 1, f"output {top} is the largest token id")
-        else:
-            y = check_outputs(outputs, n, K)
         if self.unknown_id is not None and self.unknown_id >= K:
             raise ValueError(f"unknown_id={self.unknown_id} is outside the vocabulary "
                              f"0..{K - 1}.")
-        w = check_sample_weight(sample_weight, n)
-        w = w / max(1.0, float(w.max()) / 1e100)  # any finite weights (see CCMCEstimator)
+        w = w / max(1.0, float(w.max()) / 1e100)  # huge weights must not overflow the sums
         q = flat[indptr[1:] - 1].astype(np.int64)
         skip = -1 if self.unknown_id is None else self.unknown_id
         covered = _kernels.output_in_prompt(flat, indptr, y, K, skip)
