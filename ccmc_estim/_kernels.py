@@ -133,24 +133,6 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
 
 
 @njit(cache=True)
-def uncovered_outputs(flat, indptr, outputs, n_tokens):
-    """Number of outputs absent from their prompt, and the first such sample (-1 if none)."""
-    mark = np.empty(n_tokens, np.int64)  # not np.full: one compilation fewer on the first fit
-    for t in range(n_tokens):
-        mark[t] = -1
-    n_bad = 0
-    first = -1
-    for i in range(indptr.size - 1):
-        for j in range(indptr[i], indptr[i + 1]):
-            mark[flat[j]] = i
-        if mark[outputs[i]] != i:
-            n_bad += 1
-            if first < 0:
-                first = i
-    return n_bad, first
-
-
-@njit(cache=True)
 def output_entries(indptr, tokens, outputs):
     """Entry index of each output inside its prompt's (sorted) tokens, -1 where absent."""
     n = indptr.size - 1
@@ -801,9 +783,12 @@ def layout_output_log_proba(cols, lay, theta, out):
 
 @njit(cache=True)
 def output_in_prompt(flat, indptr, outputs, n_tokens, skip):
-    """Whether each output occurs in its prompt, never counting the token ``skip``."""
-    mark = np.full(n_tokens, -1, np.int64)
-    out = np.zeros(indptr.size - 1, np.bool_)
+    """Whether each output occurs in its prompt, never counting the token ``skip`` (-1: none):
+    the one coverage test of the estimators, the mixture and ``in_prompt``."""
+    mark = np.empty(n_tokens, np.int64)  # not np.full: one compilation fewer on the first fit
+    for t in range(n_tokens):
+        mark[t] = -1
+    out = np.empty(indptr.size - 1, np.bool_)
     for i in range(indptr.size - 1):
         for j in range(indptr[i], indptr[i + 1]):
             mark[flat[j]] = i

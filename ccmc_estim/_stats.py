@@ -391,8 +391,9 @@ def check_sample_weight(sample_weight, n_prompts, allow_zero=False):
 
 def check_covered(flat, indptr, outputs, n_tokens):
     """Raise a ValueError naming the first output that does not occur in its prompt."""
-    n_bad, i = _kernels.uncovered_outputs(flat, indptr, outputs, n_tokens)
-    if n_bad:
+    missing = np.flatnonzero(~_kernels.output_in_prompt(flat, indptr, outputs, n_tokens, -1))
+    if missing.size:
+        n_bad, i = missing.size, missing[0]
         raise ValueError(
             f"output {outputs[i]} of sample {i} does not occur in its prompt, so the CCMC gives it "
             f"probability zero ({n_bad} of {outputs.size} sample(s) are like this). A CCMC can "
@@ -423,8 +424,7 @@ def in_prompt(prompts, outputs):
     flat, indptr, K = validate_prompts(prompts)
     y = check_outputs(outputs, indptr.size - 1, None)
     K = max(K, int(y.max()) + 1)
-    stats = stats_from_flat(flat, indptr, K)
-    return stats.output_entries(y) >= 0
+    return _kernels.output_in_prompt(flat, indptr, y, K, -1)
 
 
 # --------------------------------------------------------------------------- hashable tokens

@@ -254,14 +254,7 @@ class MixtureCCMC:
             return stats
         keep = stats.tokens != self.unknown_id
         indptr = np.zeros_like(stats.indptr)
-        np.cumsum(np.add.reduceat(keep, stats.indptr[:-1]) if keep.size else 0,
-                  out=indptr[1:])
-        # reduceat on an empty row returns the next element: fix rows without entries.
-        empty = np.diff(stats.indptr) == 0
-        if empty.any():
-            lengths = np.diff(indptr)
-            lengths[empty] = 0
-            np.cumsum(lengths, out=indptr[1:])
+        np.cumsum(np.bincount(stats.row[keep], minlength=stats.n_prompts), out=indptr[1:])
         from ._stats import PromptStats
 
         return PromptStats(stats.n_tokens, indptr, stats.tokens[keep], stats.counts[keep],
