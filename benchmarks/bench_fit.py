@@ -96,7 +96,7 @@ def _column_objective(cd, q, alpha):
     a, b = cd.col_ptr[q], cd.col_ptr[q + 1]
     e0, e1 = cd.indptr[a], cd.indptr[b]
     ip = cd.indptr[a : b + 1] - e0
-    loc, lc = cd.local[e0:e1], cd.logc[e0:e1]
+    loc, lc = cd.local[e0:e1], np.log(cd.count[e0:e1])
     ye, w = cd.y_entry[a:b] - e0, cd.weight[a:b]
     n = cd.id_ptr[q + 1] - cd.id_ptr[q]
     row = np.repeat(np.arange(b - a), np.diff(ip))
@@ -234,7 +234,7 @@ def statsmodels_fit(identified, cd):
     endog = np.zeros(param.size)
     endog[cd.y_entry] = 1.0
     # The penalty is pen_weight * sum(b^2): pen_weight = alpha / 2 gives alpha/2 ||b||^2.
-    model = PenalizedConditionalLogit(endog, exog, groups=groups, offset=cd.logc,
+    model = PenalizedConditionalLogit(endog, exog, groups=groups, offset=np.log(cd.count),
                                       penal=L2(), pen_weight=ALPHA / 2)
     res = model.fit(method="bfgs", maxiter=10_000, gtol=1e-8, disp=False)
     return cd.to_dense(np.asarray(res.params))

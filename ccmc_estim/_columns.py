@@ -17,7 +17,7 @@ from . import _kernels
 _PLAIN = np.ones(1)  # every position counts once
 
 #: The flat arrays of a column problem, as one named argument of compiled code.
-Layout = namedtuple("Layout", "col_ptr indptr local logc y_entry weight id_ptr")
+Layout = namedtuple("Layout", "col_ptr indptr local count y_entry weight id_ptr")
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,8 +26,8 @@ class ColumnProblem:
 
     Column ``q`` owns prompts ``col_ptr[q]:col_ptr[q + 1]`` of the layout; prompt ``r`` owns
     entries ``indptr[r]:indptr[r + 1]``, each a distinct token given by its ``local`` index in
-    the column's parameter vector and the log of its (possibly position-weighted) count
-    ``logc``; ``y_entry[r]`` is the entry of the output (empty without outputs).  The
+    the column's parameter vector and its (possibly position-weighted) ``count`` in the
+    prompt; ``y_entry[r]`` is the entry of the output (empty without outputs).  The
     parameters of column ``q`` are ``id_ptr[q]:id_ptr[q + 1]`` of the flat parameter vector:
     the logits of tokens ``id_tokens[id_ptr[q]:id_ptr[q + 1]]`` (sorted), the entries that
     enter the likelihood.  ``(id_ptr, id_tokens)`` is the CSC structure of the logits.
@@ -38,7 +38,7 @@ class ColumnProblem:
     col_ptr: np.ndarray
     indptr: np.ndarray
     local: np.ndarray
-    logc: np.ndarray
+    count: np.ndarray
     y_entry: np.ndarray
     weight: np.ndarray
     id_ptr: np.ndarray
@@ -55,7 +55,7 @@ class ColumnProblem:
 
     @property
     def layout(self):
-        return Layout(self.col_ptr, self.indptr, self.local, self.logc, self.y_entry,
+        return Layout(self.col_ptr, self.indptr, self.local, self.count, self.y_entry,
                       self.weight, self.id_ptr)
 
     @cached_property
@@ -64,15 +64,15 @@ class ColumnProblem:
         return np.repeat(np.arange(self.n_tokens, dtype=np.int32), np.diff(self.id_ptr))
 
     def column(self, q):
-        """``(indptr, local, logc, y_entry, weight)`` of column ``q``, entries from 0."""
+        """``(indptr, local, count, y_entry, weight)`` of column ``q``, entries from 0."""
         a, b = self.col_ptr[q], self.col_ptr[q + 1]
         e0, e1 = self.indptr[a], self.indptr[b]
         y = self.y_entry[a:b] - e0 if self.y_entry.size else self.y_entry
-        return (self.indptr[a : b + 1] - e0, self.local[e0:e1], self.logc[e0:e1], y,
+        return (self.indptr[a : b + 1] - e0, self.local[e0:e1], self.count[e0:e1], y,
                 self.weight[a:b])
 
-    def with_logc(self, logc):
-        return replace(self, logc=logc)
+    def with_count(self, count):
+        return replace(self, count=count)
 
     # ------------------------------------------------------------------ values by column
     def to_csc(self, values):
@@ -124,7 +124,7 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     np.cumsum(np.bincount(query[order], minlength=n_tokens), out=col_ptr[1:])
     y = np.zeros(0, np.int64) if outputs is None else outputs
     pw = np.zeros(0) if pos_weight is None else pos_weight
-    ent_ptr, local, logc, y_entry, id_ptr, id_tokens = _kernels.column_layout(
+    ent_ptr, local, count, y_entry, id_ptr, id_tokens = _kernels.column_layout(
         flat, indptr, order, col_ptr, y, n_tokens, dist_weight, pw
     )
     return ColumnProblem(
@@ -132,7 +132,7 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
         col_ptr=col_ptr,
         indptr=ent_ptr,
         local=local,
-        logc=logc,
+        count=count,
         y_entry=y_entry,
         weight=np.ascontiguousarray(weight[order], dtype=np.float64),
         id_ptr=id_ptr,

@@ -179,7 +179,7 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
 
 
 @njit(cache=True, nogil=True)
-def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all, id_ptr, theta,
+def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr, theta,
                    alpha, tol, max_iter, objective, n_iter, status, info_offsets, info, info_diag,
                    kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
@@ -207,7 +207,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
         for r in range(b - a):
             y[r] = y_all[a + r] - e0
         local = local_all[e0:e1]
-        logc = logc_all[e0:e1]
+        count = count_all[e0:e1]
         w = weight_all[a:b]
 
         # Newton's method on the penalised objective NLL + alpha / 2 ||theta||^2.
@@ -221,7 +221,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
             total += w[r]
         scale = total if total > 1.0 else 1.0
         gtol = tol * scale
-        f = column_nll_grad(theta_q, ip, local, logc, y, w, grad, prob)
+        f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob)
         for k in range(n):
             grad[k] += alpha * theta_q[k]
         f += 0.5 * alpha * _dot(theta_q, theta_q)
@@ -250,7 +250,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
             while True:
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
-                ft = column_nll_grad(trial, ip, local, logc, y, w, grad_t, prob_t)
+                ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t)
                 for k in range(n):
                     grad_t[k] += alpha * trial[k]
                 ft += 0.5 * alpha * _dot(trial, trial)
@@ -281,7 +281,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, logc_all, y_all, weight_all
 
         if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
             continue
-        column_nll_grad(theta_q, ip, local, logc, y, w, grad, prob)  # the probabilities
+        column_nll_grad(theta_q, ip, local, count, y, w, grad, prob)  # the probabilities
         column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
         o = info_offsets[q]
         if o >= 0:

@@ -762,7 +762,7 @@ class PositionalCCMCEstimator(CCMCEstimator):
         def logits_step(b, theta):
             # The layout does not depend on the bias: only the position-weighted counts change.
             w = np.exp(b - b.max())
-            cd = cd0.with_logc(build_columns(flat, indptr, K, outputs, weight, w).logc)
+            cd = cd0.with_count(build_columns(flat, indptr, K, outputs, weight, w).count)
             return cd, self._solve(cd, theta, scale)
 
         if self.position_bias is not None:

@@ -564,7 +564,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             col = np.repeat(np.arange(K), np.diff(problem.col_ptr))
             entry_col = np.repeat(col, np.diff(problem.indptr))
             tok = problem.id_tokens[problem.id_ptr[entry_col] + problem.local]
-            problem.logc[tok == self.unknown_id] = -np.inf
+            problem.count[tok == self.unknown_id] = 0.0
             del col, entry_col, tok
         state = _EMState(self, problem, q, y, w, covered, copyable, K, a, b,
                          n_threads(self.n_jobs))

@@ -16,7 +16,7 @@ def _one_column(rng, K=6, n=40, scale=1.0):
     weight = rng.uniform(0.2, 2.0, size=n)
     cd = columns_from_stats(prompt_stats(prompts, K), outputs, weight)
     a, b = cd.col_ptr[0], cd.col_ptr[1]
-    args = (cd.indptr[a : b + 1], cd.local, cd.logc, cd.y_entry, cd.weight)
+    args = (cd.indptr[a : b + 1], cd.local, cd.count, cd.y_entry, cd.weight)
     theta = scale * rng.standard_normal(cd.n_params)
     return prompts, outputs, weight, cd, args, theta
 
@@ -83,3 +83,30 @@ def test_no_overflow_at_700(rng):
         f = _kernels.column_nll_grad(theta, *args, grad, prob)
     assert np.isfinite(f) and np.isfinite(grad).all() and np.isfinite(prob).all()
     assert np.isfinite(_kernels.column_nll(theta, *args))
+
+
+def test_prompts_far_below_the_column_maximum_match_log_space_reference(rng):
+    """Scores are scaled by the column's largest logit; a prompt whose tokens all sit ~1400
+    below it underflows that scale and must be scored again in log space."""
+    from scipy.special import logsumexp, softmax
+
+    prompts, outputs, weight, cd, args, theta = _one_column(rng, K=8, n=200)
+    theta = rng.uniform(-700.0, -690.0, size=theta.size)
+    theta[rng.integers(theta.size)] = 700.0
+    grad = np.empty_like(theta)
+    prob = np.empty(cd.local.size)
+    f = _kernels.column_nll_grad(theta, *args, grad, prob)
+    ref_f, ref_g = 0.0, np.zeros_like(theta)
+    ids = cd.id_tokens[cd.id_ptr[0] : cd.id_ptr[1]]
+    for p, y, w in zip(prompts, outputs, weight, strict=True):
+        tok, cnt = np.unique(p, return_counts=True)
+        k = np.searchsorted(ids, tok)
+        z = theta[k] + np.log(cnt)
+        ref_f += w * (logsumexp(z) - z[tok == y][0])
+        np.add.at(ref_g, k, w * softmax(z))
+        ref_g[np.searchsorted(ids, y)] -= w
+    underflowing = sum(theta[np.searchsorted(ids, np.unique(p))].max() < -600 for p in prompts)
+    assert underflowing > 0  # the log-space branch is exercised
+    assert f == pytest.approx(ref_f, rel=1e-12)
+    np.testing.assert_allclose(grad, ref_g, rtol=1e-9, atol=1e-9)
+    assert _kernels.column_nll(theta, *args) == pytest.approx(ref_f, rel=1e-12)

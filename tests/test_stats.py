@@ -64,7 +64,7 @@ def test_column_layout(rng):
     # The layout is the prompts' histograms regrouped by query, and the same from statistics.
     s = prompt_stats(prompts)
     same = columns_from_stats(s, outputs, np.ones(30))
-    for name in ("col_ptr", "indptr", "local", "logc", "y_entry", "id_ptr", "id_tokens"):
+    for name in ("col_ptr", "indptr", "local", "count", "y_entry", "id_ptr", "id_tokens"):
         np.testing.assert_array_equal(getattr(cd, name), getattr(same, name))
     order = np.argsort(prompts[:, -1], kind="stable")
     for r, i in enumerate(order):
@@ -73,7 +73,7 @@ def test_column_layout(rng):
         toks = cd.id_tokens[cd.id_ptr[q] + cd.local[cd.indptr[r] : cd.indptr[r + 1]]]
         vals, counts = np.unique(prompts[i], return_counts=True)
         np.testing.assert_array_equal(toks, vals)
-        np.testing.assert_allclose(np.exp(cd.logc[cd.indptr[r] : cd.indptr[r + 1]]), counts)
+        np.testing.assert_allclose(cd.count[cd.indptr[r] : cd.indptr[r + 1]], counts)
         assert toks[cd.y_entry[r] - cd.indptr[r]] == outputs[i]
     mask = np.zeros((5, 5), bool)
     for p in prompts:
