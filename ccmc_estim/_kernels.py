@@ -166,9 +166,10 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
     Returns ``(ent_ptr, local, count, y_entry, id_ptr, id_tokens)``: prompt ``r`` of the layout
     owns entries ``ent_ptr[r]:ent_ptr[r + 1]``, each the local index (rank of its token among
     the column's identified tokens, so increasing within a prompt) and (weighted) count of a
-    distinct token; ``y_entry[r]`` is the entry holding the output (every output must be in its prompt;
-    ``outputs`` may be empty); column ``q`` identifies tokens ``id_tokens[id_ptr[q]:id_ptr[q+1]]``
-    (sorted).  Memory in proportion to the entries; nothing of size ``K^2``.
+    distinct token; ``y_entry[r]`` is the entry holding the output (every output must be in
+    its prompt; ``outputs`` may be empty); column ``q`` identifies tokens
+    ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Memory in proportion to the entries;
+    nothing of size ``K^2``.
     """
     n = order.size
     K = col_ptr.size - 1
@@ -447,48 +448,6 @@ def column_hess_diag(indptr, local, weight, prob, out):
             out[local[j]] += w * p * (1.0 - p)
 
 
-# --------------------------------------------------------------------------- graphs
-@njit(cache=True)
-def _find(parent, v):
-    while parent[v] != v:
-        parent[v] = parent[parent[v]]  # path halving
-        v = parent[v]
-    return v
-
-
-@njit(cache=True)
-def _union(parent, a, b):
-    ra = _find(parent, a)
-    rb = _find(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
-@njit(cache=True)
-def _component_labels(parent):
-    """Labels 0, 1, ... (in order of each component's first node) and their number."""
-    n = parent.size
-    labels = np.empty(n, np.int64)
-    root_label = np.full(n, -1, np.int64)
-    count = 0
-    for v in range(n):
-        r = _find(parent, v)
-        if root_label[r] < 0:
-            root_label[r] = count
-            count += 1
-        labels[v] = root_label[r]
-    return labels, count
-
-
-@njit(cache=True)
-def union_find_components(n, src, dst):
-    """Connected-component labels (0, 1, ... in order of first node) of an undirected graph."""
-    parent = np.arange(n)
-    for e in range(src.size):
-        _union(parent, src[e], dst[e])
-    return _component_labels(parent)[0]
-
-
 # --------------------------------------------------------------------------- generation
 @njit(cache=True)
 def _log_space_weights(block, q, counts, w):
@@ -681,36 +640,30 @@ def generate_positional(block, b, context, window, u, out):
 def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
     """Per-column graph diagnostics, one column at a time (memory of the largest column).
 
-    Returns, per parameter: ``label`` (connected component of the co-occurrence graph within its
-    column, tokens joined when they share a prompt), ``n_prompts`` (prompts of the column holding
-    it) and ``chosen`` (emitted at least once against another token); per column:
-    ``n_components`` and ``strong`` (the "chosen over" graph, an arc ``j -> y`` whenever ``y``
-    was emitted from a prompt holding ``j``, is strongly connected).  ``y_entry`` may be empty
-    (no outputs): ``chosen`` and ``strong`` are then all False.
+    Returns, per parameter: ``n_prompts`` (prompts of the column holding it) and ``chosen``
+    (emitted at least once against another token); per column: ``strong``, whether the
+    "chosen over" graph (an arc ``j -> y`` whenever ``y`` was emitted from a prompt holding
+    ``j``) is strongly connected, tested as: every token is reached from the query and reaches
+    it.  ``y_entry`` may be empty (no outputs): ``chosen`` and ``strong`` are then all False.
+    (Co-occurrence needs no graph: the query is in every prompt of its column.)
     """
     # Self-contained, with int64 work arrays only: the first fit runs this, and every helper
     # function or extra dtype would be one more compilation.
     K = col_ptr.size - 1
     n_params = id_ptr[K]
     # np.empty and loops rather than np.zeros: each (allocator, dtype) pair is a compilation.
-    label = np.empty(n_params, np.int32)
     n_prompts = np.empty(n_params, np.int32)  # prompts of a column: below 2**31
     chosen = np.empty(n_params, np.bool_)
     for s in range(n_params):
-        label[s] = 0
         n_prompts[s] = 0
         chosen[s] = False
-    n_components = np.empty(K, np.int64)
     strong = np.empty(K, np.bool_)
     has_y = y_entry.size > 0
     m = 0  # work arrays sized for the largest column serve every column
     for q in range(K):
-        n_components[q] = 0
         strong[q] = False
         if id_ptr[q + 1] - id_ptr[q] > m:
             m = id_ptr[q + 1] - id_ptr[q]
-    parent = np.empty(m, np.int64)
-    comp = np.empty(m, np.int64)
     out_deg = np.empty(m + 1, np.int64)
     in_deg = np.empty(m + 1, np.int64)
     fo = np.empty(m, np.int64)
@@ -729,30 +682,11 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
         for v in range(n + 1):
             out_deg[v] = 0
             in_deg[v] = 0
-        for v in range(n):
-            parent[v] = v
-            comp[v] = -1
         root = 0
         for i in range(a, b):
-            ra = np.int64(local[indptr[i]])
             for j in range(indptr[i], indptr[i + 1]):
-                v = local[j]
-                n_prompts[base + v] += 1
-                # Union-find with path halving: a star per prompt has the same components
-                # as a clique.  ``ra`` stays the root of the first token's component.
-                while parent[ra] != ra:
-                    parent[ra] = parent[parent[ra]]
-                    ra = parent[ra]
-                rb = np.int64(v)
-                while parent[rb] != rb:
-                    parent[rb] = parent[parent[rb]]
-                    rb = parent[rb]
-                if rb < ra:  # the smaller root wins (comparisons, not min/max: cheaper)
-                    parent[ra] = rb
-                    ra = rb
-                elif rb > ra:
-                    parent[rb] = ra
-            root = local[indptr[i + 1] - 1]  # the query itself: the last token of every prompt
+                n_prompts[base + local[j]] += 1
+            root = local[indptr[i]]  # any token of the column serves as the root
             if has_y:
                 y = local[y_entry[i]]
                 for j in range(indptr[i], indptr[i + 1]):
@@ -760,17 +694,6 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
                         out_deg[local[j] + 1] += 1
                         in_deg[y + 1] += 1
                         chosen[base + y] = True
-        # Components labelled 0, 1, ... in order of their first node.
-        count = 0
-        for v in range(n):
-            r = v
-            while parent[r] != r:
-                r = parent[r]
-            if comp[r] < 0:
-                comp[r] = count
-                count += 1
-            label[base + v] = comp[r]
-        n_components[q] = count
         if not has_y:
             continue
         for v in range(n):
@@ -810,7 +733,7 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
                         top += 1
             ok = ok and reached == n
         strong[q] = ok
-    return label, n_prompts, chosen, n_components, strong
+    return n_prompts, chosen, strong
 
 
 # --------------------------------------------------------------------------- mixture

@@ -20,8 +20,9 @@ import warnings
 import numpy as np
 from numba import njit
 from scipy import sparse
-from scipy.sparse import csgraph
 from scipy.sparse import linalg as splinalg
+
+from ._graphs import closed_components
 
 #: Below this log-probability the dense solver switches from linear to log-space GTH: with
 #: every entry above ``exp(-600)`` no intermediate quantity of GTH can under- or overflow.
@@ -183,13 +184,8 @@ def stationary_log(logP):
 
 def _closed_classes(P):
     """Strongly connected components of ``P > 0`` and which of them are closed."""
-    graph = sparse.csr_array(P > 0)
-    n_comp, labels = csgraph.connected_components(graph, directed=True, connection="strong")
-    rows, cols = graph.nonzero()
-    leaves = labels[rows] != labels[cols]
-    closed = np.ones(n_comp, bool)
-    closed[labels[rows[leaves]]] = False
-    return labels, closed
+    rows, cols = np.nonzero(P > 0)
+    return closed_components(P.shape[0], rows, cols)
 
 
 def stationary(P):

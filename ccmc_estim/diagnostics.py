@@ -5,13 +5,12 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy import sparse as sp
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.stats import norm
 from sklearn.utils.validation import check_is_fitted
 
 from ._columns import build_columns
-from ._kernels import column_graphs, union_find_components
+from ._graphs import closed_components, components
+from ._kernels import column_graphs
 from ._stats import (
     StrOptions,
     _check_integral,
@@ -72,10 +71,7 @@ def graph_components(n_nodes, src, dst, *, strong=False):
     if src.shape != dst.shape or (src.size and (min(src.min(), dst.min()) < 0
                                                 or max(src.max(), dst.max()) >= n_nodes)):
         raise ValueError(f"arcs must be pairs of node ids in 0..{n_nodes - 1}.")
-    if not strong:
-        return union_find_components(int(n_nodes), src, dst)
-    graph = coo_matrix((np.ones(src.size, np.int32), (src, dst)), shape=(n_nodes, n_nodes))
-    return connected_components(graph.tocsr(), directed=True, connection="strong")[1]
+    return components(int(n_nodes), src, dst, strong=strong)[1]
 
 
 def _entry_params(cd):
@@ -100,16 +96,6 @@ def _by_column(cd, mask):
     return dict(zip(cols.tolist(), toks, strict=True))
 
 
-def _groups(cd, labels, cols):
-    """Column -> token groups sharing a label, for the columns ``cols``."""
-    out = {}
-    for q in cols:
-        lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
-        toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
-        out[int(q)] = [toks[lab == g] for g in np.unique(lab)]
-    return out
-
-
 def mle_existence(cd, dominant=True, graphs=None):
     """Whether each column's finite MLE exists (``alpha=0``), its never-chosen tokens and its
     always-winning groups.
@@ -128,7 +114,7 @@ def mle_existence(cd, dominant=True, graphs=None):
         Column -> list of token groups that no outsider ever beat (sink strongly connected
         components), for columns whose MLE does not exist; None unless ``dominant``.
     """
-    _, _, chosen, _, strong = _column_graphs(cd) if graphs is None else graphs
+    _, chosen, strong = _column_graphs(cd) if graphs is None else graphs
     sizes = np.diff(cd.id_ptr)
     exists = strong & (sizes > 0)
     never_chosen = _by_column(cd, ~chosen & (sizes[cd.id_query] > 1))
@@ -141,16 +127,13 @@ def mle_existence(cd, dominant=True, graphs=None):
     y_param = param[cd.y_entry][row]
     keep = (param != y_param) & np.isin(cd.id_query[param], failing)
     src, dst = param[keep], y_param[keep]
-    labels = graph_components(cd.n_params, src, dst, strong=True)
-    # Sink components: no arc leaves them (no outsider ever beat a member).
-    leaves = np.zeros(labels.max() + 1, bool)
-    cross = labels[src] != labels[dst]
-    leaves[labels[src][cross]] = True
+    # Closed components: no arc leaves them (no outsider ever beat a member).
+    labels, closed = closed_components(cd.n_params, src, dst)
     groups = {}
     for q in failing:
         lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
         toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
-        groups[int(q)] = [toks[lab == g] for g in np.unique(lab) if not leaves[g]]
+        groups[int(q)] = [toks[lab == g] for g in np.unique(lab) if closed[g]]
     return exists, never_chosen, groups
 
 
@@ -168,10 +151,12 @@ class IdentifiabilityReport:
     n_identified : ndarray of int, shape (K,)
         Identified logits per column.
     n_components : ndarray of int, shape (K,)
-        Connected components of each column's co-occurrence graph (0 if never queried); a
-        column is identified up to one shift per component.
+        Connected components of each column's co-occurrence graph: 1 for every queried
+        column (its query is in all its prompts, so the graph is a star around it and the
+        column is identified up to one shift), 0 for the others.
     components : dict
-        Column -> list of token arrays, for columns with more than one component.
+        Column -> list of token arrays, for columns with more than one component (none,
+        as above).
     n_free_params : int
         Identified entries minus one shift per component, over all columns.
     mle_exists : ndarray of bool or None
@@ -321,19 +306,21 @@ class IdentifiabilityReport:
 def report_from_columns(cd, dominant=True, sparse=False):
     """:class:`IdentifiabilityReport` of a column problem (with outputs when it has them)."""
     graphs = _column_graphs(cd)
-    labels, per_param, _, n_components, _ = graphs
     sizes = np.diff(cd.id_ptr)
+    # The query is in every prompt of its column, so a column's co-occurrence graph is a star
+    # around it: one component (one free shift) per queried column.
+    n_components = (sizes > 0).astype(np.int64)
     report = IdentifiabilityReport(
         n_tokens=cd.n_tokens,
         n_prompts=np.diff(cd.col_ptr),
         queried=sizes > 0,
         n_components=n_components,
-        components=_groups(cd, labels, np.flatnonzero(n_components > 1)),
+        components={},
         n_free_params=int(sizes.sum() - n_components.sum()),
         sparse=bool(sparse),
         id_ptr=cd.id_ptr,
         id_tokens=cd.id_tokens,
-        n_cooccur=per_param,
+        n_cooccur=graphs[0],
     )
     if cd.y_entry.size:
         report.mle_exists, report.never_chosen, report.dominant = mle_existence(

@@ -449,14 +449,6 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             )
         if self.alpha > 0:
             return
-        split = np.flatnonzero(report.n_components > 1)
-        if split.size:
-            warnings.warn(
-                f"with alpha=0 column(s) {_list_columns(split)} are identified only up to one "
-                "shift per connected component of their co-occurrence graph; use alpha > 0.",
-                IdentifiabilityWarning,
-                stacklevel=4,
-            )
         missing = np.flatnonzero(report.queried & ~report.mle_exists)
         if missing.size:
             detail = "; ".join(

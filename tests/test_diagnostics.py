@@ -26,6 +26,37 @@ def test_graph_components_hand_built():
     assert len(set(graph_components(3, [0, 1], [1, 2]))) == 1
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_report_graphs_match_scipy_on_explicit_graphs(seed):
+    """The report's per-column pass against the general routine on the graphs built by hand:
+    the co-occurrence graph (one component per queried column) and the "chosen over" graph
+    (MLE exists iff strongly connected, dominant groups are its closed components)."""
+    rng = np.random.default_rng(seed)
+    K = 6
+    X = [rng.integers(0, K, size=rng.integers(1, 5)) for _ in range(rng.integers(3, 25))]
+    y = [int(rng.choice(p)) for p in X]
+    rep = identifiability_report(X, y, n_tokens=K)
+    for q in range(K):
+        idx = [i for i, p in enumerate(X) if p[-1] == q]
+        toks = sorted({int(t) for i in idx for t in X[i]})
+        if not idx:
+            assert rep.n_components[q] == 0 and not rep.mle_exists[q]
+            continue
+        pos = {t: k for k, t in enumerate(toks)}
+        pairs = [(pos[a], pos[b]) for i in idx for a in X[i] for b in X[i]]
+        src, dst = np.array(pairs).T
+        assert rep.n_components[q] == len(set(graph_components(len(toks), src, dst)))
+        arcs = [(pos[int(t)], pos[y[i]]) for i in idx for t in set(X[i]) if t != y[i]]
+        src, dst = np.array(arcs, dtype=np.int64).reshape(-1, 2).T
+        strong = graph_components(len(toks), src, dst, strong=True)
+        assert rep.mle_exists[q] == (len(set(strong)) == 1), (seed, q)
+        if not rep.mle_exists[q]:
+            leaving = {strong[a] for a, b in zip(src, dst, strict=True) if strong[a] != strong[b]}
+            closed = sorted(sorted(toks[k] for k in np.flatnonzero(strong == g))
+                            for g in set(strong) - leaving)
+            assert sorted(g.tolist() for g in rep.dominant[q]) == closed
+
+
 def test_report_never_chosen_and_never_queried():
     X = [[1, 2, 0], [2, 0], [1, 0], [0, 1, 0], [3, 1]]
     y = [1, 0, 0, 1, 3]
