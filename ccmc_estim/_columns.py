@@ -13,6 +13,7 @@ import numpy as np
 from scipy import sparse
 
 from . import _kernels
+from ._solvers import THREAD_MIN_WORK, run_threads
 
 _PLAIN = np.ones(1)  # every position counts once
 
@@ -104,13 +105,14 @@ def csc_parts(matrix):
 
 
 def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
-                  query=None, pos_weight=None):
+                  query=None, pos_weight=None, n_jobs=1):
     """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
 
     ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
     token is the query, unless ``query`` is given (then ``pos_weight`` gives each flat
     position's count, as for prompt statistics); ``outputs`` must all occur in their prompts
-    (see ``_stats.check_covered``); ``dist_weight`` as in ``_kernels.prompt_counts``.
+    (see ``_stats.check_covered``); ``dist_weight`` as in ``_kernels.prompt_counts``.  Up to
+    ``n_jobs`` threads lay out disjoint ranges of columns.
     """
     n = indptr.size - 1
     if query is None:
@@ -124,9 +126,29 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     np.cumsum(np.bincount(query[order], minlength=n_tokens), out=col_ptr[1:])
     y = np.zeros(0, np.int64) if outputs is None else outputs
     pw = np.zeros(0) if pos_weight is None else pos_weight
-    ent_ptr, local, count, y_entry, id_ptr, id_tokens = _kernels.column_layout(
-        flat, indptr, order, col_ptr, y, n_tokens, dist_weight, pw
-    )
+    # Contiguous column ranges of similar work (tokens to read), one per thread.
+    work = np.zeros(order.size + 1)
+    np.cumsum(indptr[order + 1] - indptr[order], out=work[1:])
+    at_col = work[col_ptr]
+    n_chunks = max(1, min(int(n_jobs), n_tokens)) if work[-1] >= THREAD_MIN_WORK else 1
+    cuts = np.searchsorted(at_col, work[-1] * np.arange(1, n_chunks) / n_chunks)
+    bounds = np.unique(np.concatenate([[0], cuts, [n_tokens]]))
+    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    common = (flat, indptr, order, col_ptr)
+    ent_ptr = np.zeros(order.size + 1, np.int64)
+    id_ptr = np.zeros(n_tokens + 1, np.int64)
+    run_threads(lambda r: _kernels.layout_sizes(*common, *r, n_tokens, ent_ptr[1:], id_ptr[1:]),
+                ranges)
+    np.cumsum(ent_ptr, out=ent_ptr)
+    np.cumsum(id_ptr, out=id_ptr)
+    nnz = int(ent_ptr[-1])
+    local = np.empty(nnz, np.int32)
+    count = np.empty(nnz)
+    y_entry = np.empty(order.size if y.size else 0, np.int64)
+    id_tokens = np.empty(int(id_ptr[-1]), np.int32)
+    run_threads(lambda r: _kernels.layout_fill(*common, *r, y, n_tokens, dist_weight, pw,
+                                               ent_ptr, id_ptr, local, count, y_entry,
+                                               id_tokens), ranges)
     return ColumnProblem(
         n_tokens=n_tokens,
         col_ptr=col_ptr,

@@ -158,34 +158,20 @@ def output_entries(indptr, tokens, outputs):
     return out
 
 
-@njit(cache=True)
-def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, pos_weight):
-    """The column-block layout of the prompts ``order`` (grouped by query, see ``col_ptr``);
-    counts as in :func:`_histogram`.
-
-    Returns ``(ent_ptr, local, count, y_entry, id_ptr, id_tokens)``: prompt ``r`` of the layout
-    owns entries ``ent_ptr[r]:ent_ptr[r + 1]``, each the local index (rank of its token among
-    the column's identified tokens, so increasing within a prompt) and (weighted) count of a
-    distinct token; ``y_entry[r]`` is the entry holding the output (every output must be in
-    its prompt; ``outputs`` may be empty); column ``q`` identifies tokens
-    ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Memory in proportion to the entries;
-    nothing of size ``K^2``.
-    """
-    n = order.size
-    K = col_ptr.size - 1
-    # Only np.empty, filled by loops where needed: np.zeros and np.full would be compilations
-    # of their own on the first fit.
+@njit(cache=True, nogil=True)
+def layout_sizes(flat, indptr, order, col_ptr, q0, q1, n_tokens, ent_len, n_id):
+    """First pass of the column-block layout (see :func:`layout_fill`) over the columns
+    ``q0:q1``: the number of distinct tokens of every layout prompt ``r`` into ``ent_len[r]``
+    and of every column ``q`` into ``n_id[q]``."""
+    # Only np.empty, filled by loops: np.zeros and np.full would be compilations of their own
+    # on the first fit.
     mark = np.empty(n_tokens, np.int64)
     colmark = np.empty(n_tokens, np.int64)
     for t in range(n_tokens):
         mark[t] = -1
         colmark[t] = -1
-    ent_ptr = np.empty(n + 1, np.int64)
-    ent_ptr[0] = 0
-    id_ptr = np.empty(K + 1, np.int64)
-    id_ptr[0] = 0
-    for q in range(K):
-        n_id = 0
+    for q in range(q0, q1):
+        m = 0
         for r in range(col_ptr[q], col_ptr[q + 1]):
             i = order[r]
             d = 0
@@ -196,28 +182,41 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
                     d += 1
                     if colmark[t] != q:
                         colmark[t] = q
-                        n_id += 1
-            ent_ptr[r + 1] = ent_ptr[r] + d
-        id_ptr[q + 1] = id_ptr[q] + n_id
-    nnz = ent_ptr[n]
-    local = np.empty(nnz, np.int32)
-    count = np.empty(nnz, np.float64)
-    y_entry = np.empty(n if outputs.size > 0 else 0, np.int64)
-    for r in range(y_entry.size):
-        y_entry[r] = -1
-    id_tokens = np.empty(id_ptr[K], np.int32)
-    cnt = np.empty(n_tokens, np.float64)  # set by _histogram before use
-    rank = np.empty(n_tokens, np.int32)  # set for a column's tokens before use
+                        m += 1
+            ent_len[r] = d
+        n_id[q] = m
+
+
+@njit(cache=True, nogil=True)
+def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, dist_weight,
+                pos_weight, ent_ptr, id_ptr, local, count, y_entry, id_tokens):
+    """Second pass of the column-block layout of the prompts ``order`` (grouped by query, see
+    ``col_ptr``) over the columns ``q0:q1``, into arrays sized from :func:`layout_sizes`.
+
+    Prompt ``r`` of the layout owns entries ``ent_ptr[r]:ent_ptr[r + 1]``, each the ``local``
+    index (rank of its token among the column's identified tokens, so increasing within a
+    prompt) and (weighted) ``count`` of a distinct token, counts as in :func:`_histogram`;
+    ``y_entry[r]`` is the entry holding the output (every output must be in its prompt;
+    ``outputs`` may be empty); column ``q`` identifies tokens
+    ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Columns are independent: disjoint
+    column ranges can be filled by concurrent threads.
+    """
+    mark = np.empty(n_tokens, np.int64)
+    colmark = np.empty(n_tokens, np.int64)
     for t in range(n_tokens):
         mark[t] = -1
         colmark[t] = -1
-    for q in range(K):
+    cnt = np.empty(n_tokens, np.float64)  # set by _histogram before use
+    rank = np.empty(n_tokens, np.int32)  # set for a column's tokens before use
+    for q in range(q0, q1):
         pos = id_ptr[q]
         for r in range(col_ptr[q], col_ptr[q + 1]):
             i = order[r]
             e0 = ent_ptr[r]
             _histogram(flat, indptr[i], indptr[i + 1], r, mark, cnt, local, e0, dist_weight,
                        pos_weight)
+            if y_entry.size > 0:
+                y_entry[r] = -1
             for j in range(e0, ent_ptr[r + 1]):
                 t = local[j]
                 count[j] = cnt[t]
@@ -232,7 +231,6 @@ def column_layout(flat, indptr, order, col_ptr, outputs, n_tokens, dist_weight, 
             rank[id_tokens[s]] = s - id_ptr[q]
         for j in range(ent_ptr[col_ptr[q]], ent_ptr[col_ptr[q + 1]]):
             local[j] = rank[local[j]]
-    return ent_ptr, local, count, y_entry, id_ptr, id_tokens
 
 
 # --------------------------------------------------------------------------- model

@@ -316,7 +316,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         if n_blocks > 1:
             return self._fit_blocks(flat, indptr, K, outputs, weight, n_blocks, t0)
         self._stage("validated the data", t0)
-        problem = build_columns(flat, indptr, K, outputs, weight)
+        problem = build_columns(flat, indptr, K, outputs, weight, n_jobs=n_threads(self.n_jobs))
         del flat, indptr  # the column layout holds all the fit needs
         self._stage(f"column layout: {problem.indptr[-1]:,} entries, {problem.n_params:,} "
                     "identified logits", t0)
@@ -341,8 +341,8 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         bounds = _bounds(load, K, n_blocks)
         for q0, q1 in pairwise(bounds):
             w = np.where((query >= q0) & (query < q1), weight, 0.0)
-            blocks.append(solve_block(self, build_columns(flat, indptr, K, outputs, w),
-                                      int(q0), int(q1), scale))
+            problem = build_columns(flat, indptr, K, outputs, w, n_jobs=n_threads(self.n_jobs))
+            blocks.append(solve_block(self, problem, int(q0), int(q1), scale))
             if self.verbose:
                 print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
                       f"({len(blocks)} of {bounds.size - 1} blocks)")
@@ -748,13 +748,15 @@ class PositionalCCMCEstimator(CCMCEstimator):
         prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
-        cd0 = build_columns(flat, indptr, K, outputs, weight)
+        n_jobs = n_threads(self.n_jobs)
+        cd0 = build_columns(flat, indptr, K, outputs, weight, n_jobs=n_jobs)
         scale = weight_scale(weight)
 
         def logits_step(b, theta):
             # The layout does not depend on the bias: only the position-weighted counts change.
             w = np.exp(b - b.max())
-            cd = cd0.with_count(build_columns(flat, indptr, K, outputs, weight, w).count)
+            cd = cd0.with_count(build_columns(flat, indptr, K, outputs, weight, w,
+                                              n_jobs=n_jobs).count)
             return cd, self._solve(cd, theta, scale)
 
         if self.position_bias is not None:

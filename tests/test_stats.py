@@ -132,3 +132,20 @@ def test_bad_outputs():
         check_outputs([[0, 1, 1]], 3, 4)
     with pytest.raises(ValueError, match="negative|outside"):
         check_outputs([0, -1, 1], 3, 4)
+
+
+@pytest.mark.parametrize("n_jobs", [2, 3, 7])
+def test_column_layout_threads_give_the_same_layout(rng, monkeypatch, n_jobs):
+    """Disjoint column ranges laid out by several threads: the same arrays, bit for bit."""
+    from ccmc_estim import _columns
+
+    monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)
+    prompts = [rng.integers(0, 9, size=rng.integers(1, 12)) for _ in range(400)]
+    outputs = np.array([rng.choice(p) for p in prompts])
+    weight = rng.uniform(0, 2, size=400) * (rng.random(400) > 0.1)
+    flat, indptr, K = validate_prompts(prompts, 11)
+    one = build_columns(flat, indptr, K, outputs, weight)
+    many = build_columns(flat, indptr, K, outputs, weight, n_jobs=n_jobs)
+    for name in ("col_ptr", "indptr", "local", "count", "y_entry", "id_ptr", "id_tokens",
+                 "weight", "rows"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(many, name))
