@@ -13,6 +13,10 @@ holds runs in three steps of Dask tasks:
 3. **solve** each block on a worker with the same compiled per-column code as an in-memory
    fit, together with its part of the identifiability report.
 
+The mixture (``MixtureCCMCEstimator``) runs steps 1 and 2 alike, then keeps every block on
+its worker for the whole EM: each iteration runs the blocks' E- and M-steps there and brings
+a few scalars per block to the driver.
+
 The driver receives the summaries and the fitted column blocks only, and merges them by
 concatenation (a column's parameters are contiguous, blocks are contiguous column ranges):
 the fitted estimator is the same object as after an in-memory fit, with the same attributes,
@@ -289,9 +293,10 @@ class _Summary:
                         self.wsum + other.wsum, load)
 
 
-def _prepare(prompts, outputs, weight, part, offset, n_tokens):
+def _prepare(prompts, outputs, weight, part, offset, n_tokens, covered=True):
     """Validate one partition as an in-memory fit validates its data; return its pairs with
-    positive weight and its :class:`_Summary`."""
+    positive weight and its :class:`_Summary`.  ``covered``: every output must occur in its
+    prompt (the CCMC; not the mixture, which also generates)."""
     prompts = np.asarray(prompts)
     n = len(prompts)
     try:
@@ -305,7 +310,8 @@ def _prepare(prompts, outputs, weight, part, offset, n_tokens):
         top, where = int(flat.max()), "prompts"
         if n_tokens is None and y.max() > top:
             top, where = int(y.max()), f"output of sample {int(y.argmax())}"
-        check_covered(flat, indptr, y, top + 1 if n_tokens is None else k)
+        if covered:
+            check_covered(flat, indptr, y, top + 1 if n_tokens is None else k)
     except (TypeError, ValueError) as exc:
         raise _in_partition(exc, part, offset) from None
     where = f"{where} of partition {part}" if where == "prompts" else _in_partition(
@@ -492,9 +498,9 @@ def _merge(blocks, n_tokens, sparse):
     return report, take("theta"), solution
 
 
-def _default_blocks(n_partitions):
-    """As many blocks as partitions (each fits where a partition fits), and at least one per
-    thread of the current cluster."""
+def _threads():
+    """Worker threads of the current cluster (the cores of this machine for Dask's default
+    scheduler)."""
     threads = 1
     if "distributed" in sys.modules:
         from distributed import default_client
@@ -507,20 +513,80 @@ def _default_blocks(n_partitions):
         import os
 
         threads = os.cpu_count() or 1
-    return max(n_partitions, threads)
+    return threads
+
+
+def _default_blocks(n_partitions):
+    """As many blocks as partitions (each fits where a partition fits), and at least one per
+    thread of the current cluster."""
+    return max(n_partitions, _threads())
+
+
+def _mixture_blocks(n_partitions):
+    """One block per thread of the current cluster: the mixture's blocks all stay in memory
+    for the whole EM, so more blocks would not lower any worker's memory, and each costs a
+    few tasks per EM iteration."""
+    return _threads()
+
+
+@dataclass(eq=False)
+class _Shuffled:
+    """Validated input, shuffled by column block (lazy pieces, one list per partition)."""
+
+    summary: _Summary
+    n_tokens: int
+    bounds: np.ndarray
+    pieces: list
+    n_partitions: int
+
+
+def _validate_and_shuffle(dask, prompts, outputs, sample_weight, n_tokens, n_blocks,
+                          covered=True, default_blocks=_default_blocks):
+    """Steps 1 and 2: validate the partitions on the workers (their pairs kept there), reduce
+    their summaries on the driver, cut the columns into blocks and split every partition by
+    block (lazily: each block's task gathers its pieces).  ``default_blocks(n_partitions)``
+    is the number of blocks when ``n_blocks`` is None."""
+    if outputs is None:
+        check_outputs(None, 0, None)  # the in-memory error: y is required
+    blocks, offsets, rows = _partitions(prompts, ("outputs", outputs),
+                                        ("sample_weight", sample_weight))
+    prepare = dask.delayed(_prepare, nout=2)
+    parts = [prepare(x, y, w, i, offsets[i], n_tokens, covered)
+             for i, (x, y, w) in enumerate(zip(*blocks, strict=True))]
+    # Kept on the workers between the summary and the shuffle (recomputed if one is lost).
+    parts = dask.persist(*[p[0] for p in parts], *[p[1] for p in parts])
+    pairs, summaries = parts[: len(rows)], parts[len(rows) :]
+    (summary,) = dask.compute(_tree(dask, list(summaries), _add))
+    if summary.n == 0:
+        raise ValueError("prompts is empty: at least one prompt is required.")
+    if summary.wsum == 0:
+        raise ValueError("sample_weight is zero for every sample: nothing to fit or score.")
+    if n_tokens is None:
+        n_tokens = check_n_tokens(summary.top + 1, f"the largest token id is {summary.top} "
+                                                   f"({summary.where})")
+    if n_blocks is None:
+        n_blocks = default_blocks(len(rows))
+    elif isinstance(n_blocks, bool) or not isinstance(n_blocks, Integral) or n_blocks < 1:
+        raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}.")
+    bounds = _bounds(summary.load, n_tokens, int(n_blocks))
+    split = dask.delayed(_split, nout=bounds.size - 1, pure=True)
+    pieces = [split(p, bounds) for p in pairs]
+    return _Shuffled(summary, n_tokens, bounds, pieces, len(rows))
 
 
 def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, position_bias=None):
     """Fit an estimator on Dask collections, on the current Dask scheduler.
 
-    What ``CCMCEstimator.fit`` runs when it is given Dask collections: validate the
-    partitions on the workers, shuffle the pairs by query into column blocks once, solve each
-    block on a worker and merge the fitted blocks on the driver.  Call it directly to choose
-    the number of column blocks.
+    What ``CCMCEstimator.fit`` and ``MixtureCCMCEstimator.fit`` run when they are given Dask
+    collections: validate the partitions on the workers, shuffle the pairs by query into
+    column blocks once, then fit the blocks on the workers.  A CCMC solves each block once
+    and the driver merges the fitted blocks; the mixture keeps each block on its worker for
+    the whole EM, the driver reducing a few scalars per block and iteration.  Call it
+    directly to choose the number of column blocks.
 
     Parameters
     ----------
-    estimator : CCMCEstimator
+    estimator : CCMCEstimator, PositionalCCMCEstimator or MixtureCCMCEstimator
         Fitted in place, with its own parameters (``alpha``, ``tol``, ``n_jobs`` threads per
         block, ...).
     prompts : dask.array.Array of shape (n, L)
@@ -530,8 +596,10 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
     sample_weight : dask.array.Array, array-like, float or None
     n_blocks : int or None
         Number of column blocks; by default as many as input partitions and at least one per
-        worker thread.  The columns are cut into contiguous ranges of similar work (entries
-        of their prompts); a block holds whole columns, so one query's pairs are never split.
+        worker thread (for the mixture, one per worker thread: its blocks all stay in memory
+        for the whole EM).  The columns are cut into contiguous ranges of similar work
+        (entries of their prompts); a block holds whole columns, so one query's pairs are
+        never split.
     position_bias : array-like or None
         Fixed position bias (``PositionalCCMCEstimator`` with ``position_bias`` given).
 
@@ -550,50 +618,35 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
     >>> bool(abs(est.objective_ - CCMCEstimator().fit(X, y).objective_) < 1e-9)
     True
     """
+    from .mixture import MixtureCCMCEstimator
+
+    if isinstance(estimator, MixtureCCMCEstimator):
+        if position_bias is not None:
+            raise TypeError("position_bias applies to PositionalCCMCEstimator, not to "
+                            "MixtureCCMCEstimator.")
+        return _fit_mixture(estimator, prompts, outputs, sample_weight, n_blocks=n_blocks)
     dask = _require_dask()
     from .estimator import weight_scale
 
     t0 = time.perf_counter()
     estimator._validate_params()
-    if outputs is None:
-        check_outputs(None, 0, None)  # the in-memory error: y is required
-    blocks, offsets, rows = _partitions(prompts, ("outputs", outputs),
-                                        ("sample_weight", sample_weight))
-    n_tokens = estimator.n_tokens
-    prepare = dask.delayed(_prepare, nout=2)
-    parts = [prepare(x, y, w, i, offsets[i], n_tokens)
-             for i, (x, y, w) in enumerate(zip(*blocks, strict=True))]
-    # Kept on the workers between the summary and the shuffle (recomputed if one is lost).
-    parts = dask.persist(*[p[0] for p in parts], *[p[1] for p in parts])
-    pairs, summaries = parts[: len(rows)], parts[len(rows) :]
-    (summary,) = dask.compute(_tree(dask, list(summaries), _add))
-    if summary.n == 0:
-        raise ValueError("prompts is empty: at least one prompt is required.")
-    if summary.wsum == 0:
-        raise ValueError("sample_weight is zero for every sample: nothing to fit or score.")
-    if n_tokens is None:
-        n_tokens = check_n_tokens(summary.top + 1, f"the largest token id is {summary.top} "
-                                                   f"({summary.where})")
-    if n_blocks is None:
-        n_blocks = _default_blocks(len(rows))
-    elif isinstance(n_blocks, bool) or not isinstance(n_blocks, Integral) or n_blocks < 1:
-        raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}.")
-    bounds = _bounds(summary.load, n_tokens, int(n_blocks))
+    data = _validate_and_shuffle(dask, prompts, outputs, sample_weight, estimator.n_tokens,
+                                 n_blocks)
+    summary, n_tokens, bounds = data.summary, data.n_tokens, data.bounds
     scale = weight_scale(np.array([summary.wmax]))
     dist_weight = _PLAIN
     if position_bias is not None:
         dist_weight = np.exp(position_bias - position_bias.max())
     nb = bounds.size - 1
-    split = dask.delayed(_split, nout=nb, pure=True)
-    pieces = [split(p, bounds) for p in pairs]
     est = dask.delayed(estimator, traverse=False)
     fitted = [
         dask.delayed(_fit_block, pure=True)(est, n_tokens, int(bounds[b]), int(bounds[b + 1]),
-                                            scale, dist_weight, *[p[b] for p in pieces])
+                                            scale, dist_weight, *[p[b] for p in data.pieces])
         for b in range(nb)
     ]
     fitted = dask.compute(*fitted)
-    del pairs, pieces, parts
+    n_partitions = data.n_partitions
+    del data
     report, theta, solution = _merge(fitted, n_tokens, estimator.sparse)
     bias = None if position_bias is None else position_bias
     # Dask collections hold integer ids (validated on the workers): no token classes to keep.
@@ -601,12 +654,149 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
     estimator._assemble(report, theta, solution, summary.wsum, bias=bias, scale=scale)
     if estimator.verbose:
         print(
-            f"{type(estimator).__name__} (Dask): {summary.n} prompts in {len(rows)} "
+            f"{type(estimator).__name__} (Dask): {summary.n} prompts in {n_partitions} "
             f"partitions, {int(report.n_identified.sum())} identified logits in "
             f"{int(report.queried.sum())} columns solved in {nb} blocks, objective "
             f"{estimator.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
         )
     return estimator
+
+
+# --------------------------------------------------------------------------- the mixture's EM
+def _em_block(config, n_tokens, q0, q1, scale, *pieces):
+    """The EM block of the columns ``q0:q1`` (all the pairs whose query lies there), built on
+    this worker from its pieces of every partition."""
+    from .mixture import _EMBlock
+
+    flat, indptr, outputs, weight = gather_pairs(*pieces)
+    return _EMBlock(flat, indptr, outputs, weight / scale, n_tokens, q0, q1, config)
+
+
+def _identity(x):
+    return x
+
+
+class _ClientRun:
+    """Runs the mixture's per-block EM computations on a ``distributed`` cluster.
+
+    Every handle is a future: a block, its parameters and its E-steps stay on the worker that
+    holds the block (the scheduler runs a task where most of its input bytes are); only what
+    :meth:`values` asks for travels to the driver.  Futures keep their lineage, so Dask
+    recomputes what a lost worker held.
+    """
+
+    def __init__(self, client):
+        self.client = client
+
+    def map(self, func, *args):
+        """``func`` on every block; an argument is a list (one item per block) or the same
+        for all."""
+        n = next(len(a) for a in args if isinstance(a, list))
+        return [self.client.submit(func, *(a[i] if isinstance(a, list) else a for a in args),
+                                   pure=False)
+                for i in range(n)]
+
+    def values(self, handles):
+        return self.client.gather(handles)
+
+    def share(self, value):
+        # A task, not a scatter: its value can be recomputed if the worker holding it dies.
+        return self.client.submit(_identity, value, pure=False)
+
+
+def _client():
+    """The current ``distributed`` client, or None (Dask's default scheduler)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _fit_mixture(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None):
+    """Fit a ``MixtureCCMCEstimator`` on Dask collections by EM on column blocks.
+
+    The pairs are validated and shuffled by query into column blocks once, as for the CCMC
+    (see :func:`fit`); each block is then built on a worker and stays there for the whole EM,
+    as a future.  Every EM iteration runs the blocks' E- and M-steps on the workers (the same
+    code as an in-memory fit, which is the case of one block) and brings to the driver only
+    scalars per block: its parts of the objective, of the SQUAREM norms ``r @ r`` and ``v @ v``
+    and, with ``copy_weight="shared"``, of the shared weight's sums.  Before EM the driver
+    adds the blocks' Kneser-Ney continuation counts (a K-vector) and sends the unigram back;
+    after it, it receives the fitted column blocks and concatenates them.
+
+    Without a ``distributed`` client the blocks are built by Dask's default scheduler and
+    the EM runs in this process.
+
+    Parameters
+    ----------
+    estimator : MixtureCCMCEstimator
+        Fitted in place, with its own parameters.
+    prompts : dask.array.Array of shape (n, L)
+    outputs : dask.array.Array of shape (n,), or a NumPy array when the partition sizes of
+        ``prompts`` are known
+    sample_weight : dask.array.Array, array-like, float or None
+    n_blocks : int or None
+        Number of column blocks; by default one per worker thread (all blocks stay in memory
+        for the whole EM, and every block costs a few tasks per EM iteration).  The columns
+        are cut into contiguous ranges of similar work, as for :func:`fit`.
+
+    Returns
+    -------
+    estimator
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> import numpy as np
+    >>> from ccmc_estim import MixtureCCMCEstimator
+    >>> from ccmc_estim import distributed
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 6, size=(2000, 8))
+    >>> y = np.where(rng.random(2000) < 0.5, X[:, 3], rng.integers(0, 6, 2000))
+    >>> est = distributed.fit(MixtureCCMCEstimator(), da.from_array(X, chunks=500),
+    ...                       da.from_array(y, chunks=500), n_blocks=3)
+    >>> ref = MixtureCCMCEstimator().fit(X, y)
+    >>> est.n_iter_ == ref.n_iter_
+    True
+    >>> bool(np.allclose(est.copy_weight_, ref.copy_weight_, rtol=1e-10, atol=0))
+    True
+    """
+    dask = _require_dask()
+    from .mixture import MixtureCCMCEstimator, _InMemory, _weight_scale
+
+    if not isinstance(estimator, MixtureCCMCEstimator):
+        raise TypeError(f"this fits a MixtureCCMCEstimator, got "
+                        f"{type(estimator).__name__}.")
+    t0 = time.perf_counter()
+    estimator._validate_params()
+    config = estimator._em_config()
+    data = _validate_and_shuffle(dask, prompts, outputs, sample_weight, estimator.n_tokens,
+                                 n_blocks, covered=False, default_blocks=_mixture_blocks)
+    n_tokens, bounds = data.n_tokens, data.bounds
+    estimator._check_unknown_id(n_tokens)
+    scale = _weight_scale(data.summary.wmax)
+    nb = bounds.size - 1
+    blocks = [
+        dask.delayed(_em_block, pure=True)(config, n_tokens, int(bounds[b]),
+                                           int(bounds[b + 1]), scale,
+                                           *[p[b] for p in data.pieces])
+        for b in range(nb)
+    ]
+    client = _client()
+    if client is None:
+        run, blocks = _InMemory(), list(dask.compute(*blocks))
+    else:
+        run, blocks = _ClientRun(client), client.compute(blocks)
+    where = f" (Dask, {data.n_partitions} partitions, {nb} blocks)"
+    n_pairs = data.summary.n
+    del data  # the blocks hold the pairs now: the validated partitions can go
+    # Dask collections hold integer ids (validated on the workers): no token classes to keep.
+    estimator._token_classes = None
+    return estimator._fit_blocks(run, blocks, n_tokens, n_pairs, t0, where=where)
 
 
 # --------------------------------------------------------------------------- prediction

@@ -6,12 +6,17 @@ Per query ``q`` the next token is copied from the prompt by the CCMC with probab
     P(y | prompt) = lam_q C(y | prompt) + (1 - lam_q) B[y, q].
 
 The fit is a (generalised) EM algorithm whose M-step for the logits is the penalised CCMC fit
-with sample weights, one convex problem per column (see the theory page of the docs).
+with sample weights, one convex problem per column (see the theory page of the docs).  Its
+E- and M-steps are per query column, so it runs on blocks of columns: one block in memory,
+blocks kept on the workers of a Dask cluster (see ``distributed``), with the same code.
 """
 
+import contextlib
+import copy
+import math
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -160,18 +165,33 @@ def bigram_support(q, y, w, n_tokens, smoothing="witten-bell"):
     distinct continuations (Witten-Bell) or the fixed ``smoothing``.
     """
     K = n_tokens
+    keys, key_of, beta = _bigram_keys(q, y, K, smoothing, 0, K)
+    unigram = _continuation_unigram(np.bincount(keys % K, minlength=K), K)
+    return keys, key_of, beta, unigram
+
+
+def _bigram_keys(q, y, n_tokens, smoothing, q0, q1):
+    """Sorted keys ``q * K + y``, each pair's key and the prior weights of the columns
+    ``q0:q1``, which hold all the queries ``q`` (what a column block knows by itself)."""
+    K = n_tokens
     keys, key_of = np.unique(q * K + y, return_inverse=True)
-    types = np.bincount(keys // K, minlength=K)
     if isinstance(smoothing, str):
-        beta = _witten_bell(types)
+        beta = _witten_bell(np.bincount(keys // K - q0, minlength=q1 - q0))
     else:
-        beta = np.full(K, float(smoothing))
-    # Kneser-Ney's continuation unigram: a token's share of the distinct contexts it follows,
-    # the right backoff for a bigram (a token frequent after one query only should not be
-    # predicted after the others), plus a small floor for tokens never seen as outputs.
-    continuation = np.bincount(keys % K, minlength=K).astype(np.float64)
-    unigram = (continuation + 1.0 / K) / (continuation.sum() + 1.0)
-    return keys, key_of.ravel(), beta, unigram
+        beta = np.full(q1 - q0, float(smoothing))
+    return keys, key_of.ravel(), beta
+
+
+def _continuation_unigram(continuation, n_tokens):
+    """Kneser-Ney's continuation unigram from the number of distinct queries each token
+    follows.
+
+    A token's share of the distinct contexts it follows is the right backoff for a bigram (a
+    token frequent after one query only should not be predicted after the others); the small
+    floor covers tokens never seen as outputs.
+    """
+    continuation = np.asarray(continuation).astype(np.float64)
+    return (continuation + 1.0 / n_tokens) / (continuation.sum() + 1.0)
 
 
 def fit_base_chain(q, y, w, n_tokens, smoothing="witten-bell"):
@@ -181,6 +201,11 @@ def fit_base_chain(q, y, w, n_tokens, smoothing="witten-bell"):
     K = n_tokens
     counts = sparse.csc_array((c, (keys % K, keys // K)), shape=(K, K))
     return BaseChain(counts, beta, unigram)
+
+
+def _weight_scale(largest):
+    """Divisor of the weights: huge weights must not overflow the sums."""
+    return max(1.0, largest / 1e100)
 
 
 def _witten_bell(n_types):
@@ -531,6 +556,13 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         outputs : array-like of shape (n,)
             Next tokens, inside or outside their prompts.
         sample_weight : array-like of shape (n,), float or None
+            Non-negative weights; a weight of 0 equals a removed sample.
+
+        Dask collections (a 2-D ``dask.array`` of prompts with 1-D ones of outputs and
+        weights, or the pair that :func:`ccmc_estim.distributed.windows` cuts from a
+        ``dask.bag`` of sequences) are fitted on the current Dask scheduler by the same EM,
+        the pairs shuffled once into column blocks that stay on the workers (see
+        :func:`ccmc_estim.distributed.fit`); the fitted estimator is the same as in memory.
 
         Returns
         -------
@@ -538,48 +570,55 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         """
         self._validate_params()
         if any(is_dask_collection(v) for v in (prompts, outputs, sample_weight)):
-            raise ValueError(
-                "MixtureCCMCEstimator fits in memory only for now: compute the Dask "
-                "collections first (e.g. X.compute()), or fit the pure CCMC on the cluster "
-                "with CCMCEstimator."
-            )
-        a, b = self._check_prior()
+            from . import distributed
+
+            return distributed.fit(self, prompts, outputs, sample_weight)
+        config = self._em_config()
         t0 = time.perf_counter()
         prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, y, w = self._training_data(prompts, outputs, sample_weight)
         n = indptr.size - 1
-        if self.unknown_id is not None and self.unknown_id >= K:
+        self._check_unknown_id(K)
+        keep = w > 0
+        if not keep.all():
+            # A weight of 0 removes the sample, as in the CCMC and a Dask fit: it must not
+            # add a key to the base chain's support.
+            flat = flat[np.repeat(keep, np.diff(indptr))]
+            lengths = np.diff(indptr)[keep]
+            indptr = np.zeros(lengths.size + 1, np.int64)
+            np.cumsum(lengths, out=indptr[1:])
+            y, w = y[keep], w[keep]
+        w = w / _weight_scale(float(w.max()))
+        block = _EMBlock(flat, indptr, y, w, K, 0, K, config)
+        del flat, indptr, y, w
+        return self._fit_blocks(_InMemory(), [block], K, n, t0)
+
+    def _em_config(self):
+        a, b = self._check_prior()
+        return _EMConfig(self.alpha, self.newton_steps, self.copy_weight == "shared", a, b,
+                         self.smoothing, self.unknown_id, self.n_jobs)
+
+    def _check_unknown_id(self, n_tokens):
+        if self.unknown_id is not None and self.unknown_id >= n_tokens:
             raise ValueError(f"unknown_id={self.unknown_id} is outside the vocabulary "
-                             f"0..{K - 1}.")
-        w = w / max(1.0, float(w.max()) / 1e100)  # huge weights must not overflow the sums
-        q = flat[indptr[1:] - 1].astype(np.int64)
-        skip = -1 if self.unknown_id is None else self.unknown_id
-        covered = _kernels.output_in_prompt(flat, indptr, y, K, skip)
-        # Prompts holding only the unknown token have nothing to copy: their lam is 0.
-        copyable = (np.ones(n, bool) if self.unknown_id is None
-                    else np.logical_or.reduceat(flat != self.unknown_id, indptr[:-1]))
-        problem = build_columns(flat, indptr, K, y, np.where(covered, w, 0.0))
-        del flat, indptr
-        if self.unknown_id is not None:
-            col = np.repeat(np.arange(K), np.diff(problem.col_ptr))
-            entry_col = np.repeat(col, np.diff(problem.indptr))
-            tok = problem.id_tokens[problem.id_ptr[entry_col] + problem.local]
-            problem.count[tok == self.unknown_id] = 0.0
-            del col, entry_col, tok
-        state = _EMState(self, problem, q, y, w, covered, copyable, K, a, b,
-                         n_threads(self.n_jobs))
-        warm = self.warm_start and getattr(self, "n_tokens_", None) == K
-        params = state.initial(self if warm else None)
-        trace = [state.objective(params)]
+                             f"0..{n_tokens - 1}.")
+
+    def _fit_blocks(self, run, blocks, n_tokens, n_pairs, t0, where=""):
+        """The EM on column blocks covering ``0..n_tokens - 1`` in order (the in-memory fit's
+        one block, or a Dask fit's blocks on the workers, see ``distributed``)."""
+        em = _EM(run, blocks, n_tokens, self._em_config())
+        warm = self.warm_start and getattr(self, "n_tokens_", None) == n_tokens
+        params = em.initial(self if warm else None)
+        trace = [em.objective(params)]
         n_iter = 0
         converged = False
         while n_iter < self.max_iter:
             n_iter += 1
-            new = state.step(params)
+            new = em.step(params)
             if self.acceleration == "squarem":
-                new, f = state.squarem(params, new)
+                new, f = em.squarem(params, new)
             else:
-                f = state.objective(new)
+                f = em.objective(new)
             trace.append(f)
             params = new
             if self.verbose >= 2:
@@ -589,33 +628,46 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                 break
         if not converged:
             warnings.warn(f"EM reached max_iter={self.max_iter} before tol={self.tol:g}; "
-                          "increase max_iter.", ConvergenceWarning, stacklevel=2)
-        self._store(state, params, np.array(trace), n_iter)
+                          "increase max_iter.", ConvergenceWarning, stacklevel=3)
+        self._store(em, params, np.array(trace), n_iter)
         if self.verbose:
-            print(f"{type(self).__name__}: {n} pairs ({int(covered.sum())} copyable), "
+            print(f"{type(self).__name__}{where}: {n_pairs} pairs ({em.n_covered} copyable), "
                   f"{n_iter} EM iterations, objective {trace[-1]:.10g}, "
                   f"{time.perf_counter() - t0:.3f} s")
         return self
 
-    def _store(self, state, params, trace, n_iter):
-        theta, lam, c = params
-        K = state.K
-        problem = state.problem
-        theta = centre_columns(theta.copy(), problem.id_ptr)
-        sparse_storage = use_sparse(self.sparse, K, problem.n_params)
-        logits = problem.to_csc(theta) if sparse_storage else problem.to_dense(theta)
+    def _store(self, em, point, trace, n_iter):
+        """The fitted attributes from the blocks' fitted columns (concatenated: blocks are
+        contiguous column ranges in order)."""
+        blocks = em.results(point)
+        K = em.K
+        cat = np.concatenate
+        id_sizes = cat([b.id_sizes for b in blocks])
+        id_ptr = np.zeros(K + 1, np.int64)
+        np.cumsum(id_sizes, out=id_ptr[1:])
+        id_tokens = cat([b.id_tokens for b in blocks])
+        theta = cat([b.theta for b in blocks])
+        if use_sparse(self.sparse, K, theta.size):
+            logits = sparse.csc_array((theta, id_tokens, id_ptr), shape=(K, K))
+        else:
+            logits = np.zeros((K, K))
+            logits[id_tokens, np.repeat(np.arange(K, dtype=np.int32), id_sizes)] = theta
+        lam = cat([b.lam for b in blocks])
+        keys = cat([b.keys for b in blocks])
+        c = cat([b.c for b in blocks])
+        counts = sparse.csc_array((c, (keys % K, keys // K)), shape=(K, K))
         self.ccmc_ = CCMC(logits)
-        self.base_chain_ = state.base_chain(c)
-        self.copy_weight_ = lam.copy()
+        self.base_chain_ = BaseChain(counts, cat([b.beta for b in blocks]), em.unigram)
+        self.copy_weight_ = lam
         self.model_ = MixtureCCMC(self.ccmc_, self.base_chain_, lam, self.unknown_id)
         self.objective_trace_ = trace
         self.n_iter_ = n_iter
-        self.log_likelihood_ = float(state.log_likelihood(params))
-        report = report_from_columns(problem, dominant=False)
-        n_lam = 1 if self.copy_weight == "shared" else int((state.n_per_query > 0).sum())
-        n_base = int(state.keys.size - (state.n_per_query > 0).sum())
-        self.n_free_params_ = int(report.n_free_params + n_lam + n_base)
-        n_obs = float(state.w.sum())
+        self.log_likelihood_ = float(point.log_likelihood)
+        n_queries = sum(b.n_lam for b in blocks)  # queries with a copyable pair
+        n_lam = 1 if self.copy_weight == "shared" else n_queries
+        n_base = int(keys.size - n_queries)
+        self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base)
+        n_obs = _sum(b.w_sum for b in blocks)
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.classes_ = self._classes(K)
@@ -638,17 +690,33 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         return model.predict_log_proba(self._encode(prompts)[0])
 
     def predict(self, prompts):
-        """Most probable next token of each prompt."""
+        """Most probable next token of each prompt (a lazy ``dask.array`` for a Dask array of
+        prompts)."""
         model = self._model()
+        if is_dask_collection(prompts):
+            from . import distributed
+
+            return distributed.predict(self, prompts)
         return self.classes_[model.predict(self._encode(prompts)[0])]
 
     def score_samples(self, prompts, outputs):
-        """Log-likelihood of each pair (finite for every output)."""
+        """Log-likelihood of each pair (finite for every output); a lazy ``dask.array`` for
+        Dask collections."""
         model = self._model()
+        if any(is_dask_collection(v) for v in (prompts, outputs)):
+            from . import distributed
+
+            return distributed.score_samples(self, prompts, outputs)
         return model.log_likelihood(*self._encode(prompts, outputs))
 
     def score(self, prompts, outputs, sample_weight=None):
-        """Mean log-likelihood over all pairs (weighted by ``sample_weight``)."""
+        """Mean log-likelihood over all pairs (weighted by ``sample_weight``); computed on the
+        workers for Dask collections."""
+        if any(is_dask_collection(v) for v in (prompts, outputs, sample_weight)):
+            from . import distributed
+
+            self._model()
+            return distributed.score(self, prompts, outputs, sample_weight)
         ll = self.score_samples(prompts, outputs)
         w = check_sample_weight(sample_weight, ll.size)
         w = w / w.max()
@@ -660,35 +728,191 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         return self.classes_[model.sample(self._encode(prompts)[0], random_state)]
 
 
-class _EMState:
-    """The fixed data of one EM run and the maps between its parameters.
+# --------------------------------------------------------------------------- block-wise EM
+# Every pair touches one query column, and so does every parameter: the copy logits of column
+# q, its copy weight and its base-chain counts.  The EM below therefore works on blocks of
+# contiguous columns, each holding all the pairs of its columns, and a driver that combines
+# what couples the blocks: the objective's parts, the SQUAREM norms, the continuation unigram
+# (once) and the shared copy weight.  An in-memory fit is the case of one block; a Dask fit
+# keeps each block on a worker.  The maths exists once, in _EMBlock.
 
-    Parameters are ``(theta, lam, c)``: the flat copy logits (column layout of ``problem``),
-    the copy weights and the base chain's expected counts on the observed (query, output)
-    keys (its prior weights and unigram are fixed by the data).
+
+@dataclass(frozen=True)
+class _EMConfig:
+    """The estimator's parameters that the blocks need (small: travels with every block)."""
+
+    alpha: float
+    newton_steps: int
+    shared: bool
+    a: float
+    b: float
+    smoothing: object
+    unknown_id: int | None
+    n_jobs: object  # the estimator's n_jobs: threads are counted where the block lives
+
+
+@dataclass(eq=False)
+class _Params:
+    """EM parameters of one block: flat copy logits of its columns (its layout), copy weights
+    ``lam[q0:q1]`` and base-chain expected counts on its observed (query, output) keys.
+
+    ``lam`` is None between a block's M-step and the driver's shared copy weight, for which
+    the block gives ``wr``, its sum of ``w * r``.
     """
 
-    def __init__(self, est, problem, q, y, w, covered, copyable, K, a, b, n_jobs):
-        self.est = est
+    theta: np.ndarray
+    lam: np.ndarray | None
+    c: np.ndarray
+    wr: float = 0.0
+
+    def __sizeof__(self):
+        return _sizeof(self)
+
+
+@dataclass(eq=False)
+class _Evaluation:
+    """One E-step of a block: its parts of the objective, the responsibilities and the
+    log-probability of every pair."""
+
+    parts: tuple
+    r: np.ndarray
+    log_p: np.ndarray
+
+    def __sizeof__(self):
+        return _sizeof(self)
+
+
+@dataclass(eq=False)
+class _Support:
+    """What the driver needs of a block before EM starts."""
+
+    tokens: np.ndarray  # distinct tokens that follow some query of the block ...
+    counts: np.ndarray  # ... and after how many of its queries (continuation counts)
+    n_copyable: float
+    n_pairs: int
+    n_covered: int
+
+
+@dataclass(eq=False)
+class _FittedBlock:
+    """The fitted parameters of the columns ``q0:q1`` (what the driver merges)."""
+
+    q0: int
+    q1: int
+    id_sizes: np.ndarray
+    id_tokens: np.ndarray
+    theta: np.ndarray  # column-centred
+    lam: np.ndarray
+    keys: np.ndarray
+    c: np.ndarray
+    beta: np.ndarray
+    n_free: int
+    n_lam: int
+    w_sum: float
+
+    def __sizeof__(self):
+        return _sizeof(self)
+
+
+def _sizeof(obj, *more):
+    """Bytes of an object and of the arrays it holds: Dask sizes the data it holds and moves
+    with ``sys.getsizeof``, which counts an object's arrays as a few bytes (memory limits,
+    spilling, where tasks run; see ``distributed._Part``)."""
+    arrays = [v for o in (obj, *more) for v in vars(o).values() if isinstance(v, np.ndarray)]
+    return object.__sizeof__(obj) + sum(a.nbytes for a in arrays)
+
+
+def _clip_lam(lam):
+    return np.clip(lam, 1e-300, 1.0 - 1e-16)  # keeps log(1 - lam) finite with a = b = 0
+
+
+def _quiet(quiet):
+    """Silence floating-point warnings for an extrapolated SQUAREM point, which may lie far
+    outside the parameter space (it is rejected then)."""
+    return np.errstate(all="ignore") if quiet else contextlib.nullcontext()
+
+
+class _EMBlock:
+    """The pairs of the query columns ``q0:q1`` and the EM maths on them.
+
+    Every method is a pure function of the block and its arguments (it returns new arrays),
+    so that a Dask fit can keep a block on a worker and recompute lost results from their
+    lineage.  The pairs must have positive weights, already divided by the fit's weight
+    scale, and queries in ``q0:q1``.
+
+    Parameters
+    ----------
+    flat, indptr : ndarray
+        Validated prompts (int32 tokens, int64 pointers).
+    y : ndarray of int64
+        Outputs, inside or outside their prompts.
+    w : ndarray of float64
+        Positive weights.
+    n_tokens : int
+    q0, q1 : int
+        The block's columns.
+    config : _EMConfig
+    """
+
+    def __init__(self, flat, indptr, y, w, n_tokens, q0, q1, config):
+        K = n_tokens
+        self.K, self.q0, self.q1, self.nq = K, int(q0), int(q1), int(q1 - q0)
+        self.config = config
+        self.n_jobs = n_threads(config.n_jobs)
+        n = indptr.size - 1
+        q = flat[indptr[1:] - 1].astype(np.int64)
+        unk = config.unknown_id
+        covered = _kernels.output_in_prompt(flat, indptr, y, K, -1 if unk is None else unk)
+        # Prompts holding only the unknown token have nothing to copy: their lam is 0.
+        copyable = (np.ones(n, bool) if unk is None or n == 0
+                    else np.logical_or.reduceat(flat != unk, indptr[:-1]))
+        problem = build_columns(flat, indptr, K, y, np.where(covered, w, 0.0))
+        if unk is not None:
+            col = np.repeat(np.arange(K), np.diff(problem.col_ptr))
+            entry_col = np.repeat(col, np.diff(problem.indptr))
+            tok = problem.id_tokens[problem.id_ptr[entry_col] + problem.local]
+            problem.count[tok == unk] = 0.0
+            del col, entry_col, tok
         self.problem = problem
-        self.q, self.y, self.w, self.covered = q, y, w, covered
-        self.copyable = copyable
-        self.K, self.a, self.b, self.n_jobs = K, a, b, n_jobs
+        self.ql = q - self.q0  # column of every pair within the block
+        self.y, self.w, self.covered, self.copyable = y, w, covered, copyable
         self.rows = problem.rows  # input pair of each layout prompt (the covered pairs)
         sizes = np.diff(problem.indptr[problem.col_ptr]).astype(np.float64)
-        self.chunks = balanced_chunks(np.flatnonzero(sizes > 0), sizes, n_jobs)
+        self.chunks = balanced_chunks(np.flatnonzero(sizes > 0), sizes, self.n_jobs)
         self.w_rows = w[self.rows]
-        self.keys, self.key_of, self.beta, self.unigram = bigram_support(q, y, w, K,
-                                                                         est.smoothing)
-        self.n_per_query = np.bincount(q, weights=w * copyable, minlength=K)
-        self.log_u = np.log(self.unigram)
-        self.sum_u_log_u = float(self.unigram @ self.log_u)
-        self._last = None
+        self.keys, self.key_of, self.beta = _bigram_keys(q, y, K, config.smoothing, self.q0,
+                                                         self.q1)
+        self.key_col = self.keys // K - self.q0
+        self.n_per_query = np.bincount(self.ql, weights=w * copyable, minlength=self.nq)
+        # Set by with_unigram once the driver has combined the blocks' continuation counts.
+        self.u_y = self.u_key = self.sum_u_log_u = None
+
+    def __sizeof__(self):
+        return _sizeof(self, self.problem)
+
+    # ------------------------------------------------------------------ set-up
+    def support(self):
+        """The block's continuation counts and sizes (:class:`_Support`)."""
+        tokens, counts = np.unique(self.keys % self.K, return_counts=True)
+        return _Support(tokens, counts, float(self.n_per_query.sum()), int(self.ql.size),
+                        int(self.covered.sum()))
+
+    def with_unigram(self, unigram, sum_u_log_u):
+        """A copy of the block that knows the base chain's backoff unigram."""
+        new = copy.copy(self)
+        new.u_y = unigram[self.y]
+        new.u_key = unigram[self.keys % self.K]
+        new.sum_u_log_u = sum_u_log_u
+        return new
+
+    def with_lam(self, params, lam):
+        """``params`` with the shared copy weight ``lam``."""
+        return _Params(params.theta, np.full(self.nq, lam), params.c)
 
     # ------------------------------------------------------------------ pieces
     def log_copy(self, theta):
         """``log C(y_i | x_i)`` of every pair (``-inf`` where not copyable)."""
-        out = np.full(self.q.size, -np.inf)
+        out = np.full(self.ql.size, -np.inf)
         if self.rows.size:
             lay = self.problem.layout
             vals = np.empty(self.rows.size)
@@ -700,47 +924,49 @@ class _EMState:
         return np.bincount(self.key_of, weights=self.w * (1.0 - r), minlength=self.keys.size)
 
     def log_base(self, c):
-        K = self.K
-        col_total = np.bincount(self.keys // K, weights=c, minlength=K)
-        beta = self.beta[self.q]
+        col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
+        beta = self.beta[self.ql]
         with np.errstate(divide="ignore"):
-            return (np.log(c[self.key_of] + beta * self.unigram[self.y])
-                    - np.log(col_total[self.q] + beta))
+            return (np.log(c[self.key_of] + beta * self.u_y)
+                    - np.log(col_total[self.ql] + beta))
 
     def prior_base(self, c):
-        """``sum_q sum_y beta_q u_y log B[y, q]`` in O(pairs + K): the stored entries of each
-        column explicitly, the rest through ``sum_y u_y log u_y``."""
-        K = self.K
-        kq = self.keys // K
-        ky = self.keys % K
-        col_total = np.bincount(kq, weights=c, minlength=K)
+        """``sum_q sum_y beta_q u_y log B[y, q]`` over the block's columns in O(pairs + K):
+        the stored entries of each column explicitly, the rest through
+        ``sum_y u_y log u_y``."""
+        kq = self.key_col
+        col_total = np.bincount(kq, weights=c, minlength=self.nq)
         beta = self.beta
         pos = beta > 0
-        u_st = self.unigram[ky]
+        u_st = self.u_key
         with np.errstate(divide="ignore", invalid="ignore"):
             stored = np.bincount(kq, weights=u_st * (np.log(c + beta[kq] * u_st)
-                                                     - np.log(beta[kq] * u_st)), minlength=K)
+                                                     - np.log(beta[kq] * u_st)),
+                                 minlength=self.nq)
             per_col = beta * (self.sum_u_log_u + np.log(beta) + stored
                               - np.log(col_total + beta))
         return float(per_col[pos].sum())
 
     def responsibilities(self, params):
         """Posterior copy probability ``r_i`` and ``log P(y_i | x_i)`` of every pair."""
-        theta, lam, c = params
-        log_c = self.log_copy(theta)
-        lam_q = np.where(self.copyable, lam[self.q], 0.0)
+        log_c = self.log_copy(params.theta)
+        lam_q = np.where(self.copyable, params.lam[self.ql], 0.0)
         with np.errstate(divide="ignore"):
             a_ = np.log(lam_q) + log_c
-            b_ = np.log1p(-lam_q) + self.log_base(c)
+            b_ = np.log1p(-lam_q) + self.log_base(params.c)
         log_p = np.logaddexp(a_, b_)
         return np.exp(a_ - log_p), log_p
 
+    # ------------------------------------------------------------------ EM steps
     def initial(self, previous):
-        """Parameters after a first M-step from the data: every copyable pair copied."""
+        """Parameters after a first M-step from the data: every copyable pair copied, or the
+        responsibilities of ``previous`` (full logits and copy weights of a former fit)."""
         if previous is not None:
-            theta = self.problem.gather(previous.ccmc_.logits)
-            r = self.responsibilities((theta, previous.copy_weight_,
-                                       self.base_counts(np.where(self.covered, 1.0, 0.0))))[0]
+            logits, lam = previous
+            theta = self.problem.gather(logits)
+            r = self.responsibilities(_Params(theta, np.asarray(lam)[self.q0 : self.q1],
+                                              self.base_counts(np.where(self.covered, 1.0,
+                                                                        0.0))))[0]
         else:
             theta = np.zeros(self.problem.n_params)
             r = np.where(self.covered, 1.0, 0.0)
@@ -748,86 +974,216 @@ class _EMState:
 
     def m_step(self, theta, r):
         """Partial M-step: Newton steps for the logits (warm started), closed forms for the
-        base-chain counts and the copy weights."""
-        est = self.est
+        base-chain counts and the per-query copy weights (the shared one is the driver's)."""
+        cfg = self.config
         theta = theta.copy()
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
         # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
         # dense Hessian costs a pass over the token pairs of every prompt.
-        solve_columns(weighted, theta, alpha=est.alpha, tol=1e-10, max_iter=est.newton_steps,
+        solve_columns(weighted, theta, alpha=cfg.alpha, tol=1e-10, max_iter=cfg.newton_steps,
                       solver="newton-cg", n_jobs=self.n_jobs, info_max=-1)
-        wr = np.bincount(self.q, weights=self.w * r, minlength=self.K)
-        if est.copy_weight == "shared":
-            lam = np.full(self.K, (wr.sum() + self.a)
-                          / (self.n_per_query.sum() + self.a + self.b))
-        else:
-            lam = (wr + self.a) / (self.n_per_query + self.a + self.b)
-        lam = np.clip(lam, 1e-300, 1.0 - 1e-16)  # keeps log(1 - lam) finite with a = b = 0
-        return theta, lam, self.base_counts(r)
+        wr = np.bincount(self.ql, weights=self.w * r, minlength=self.nq)
+        if cfg.shared:
+            return _Params(theta, None, self.base_counts(r), float(wr.sum()))
+        lam = _clip_lam((wr + cfg.a) / (self.n_per_query + cfg.a + cfg.b))
+        return _Params(theta, lam, self.base_counts(r))
 
-    def evaluate(self, params):
-        """``(objective, r)`` at ``params``: one E-step serves both (cached for the last
-        parameters evaluated, which the next iteration starts from)."""
-        if self._last is not None and self._last[0] is params:
-            return self._last[1], self._last[2]
-        theta, lam, c = params
-        r, log_p = self.responsibilities(params)
-        with np.errstate(divide="ignore"):
-            prior_lam = self.a * np.log(lam) + self.b * np.log1p(-lam)
-        if self.est.copy_weight == "shared":
-            prior_lam = prior_lam[:1]
-        f = (-float(self.w @ log_p) + 0.5 * self.est.alpha * float(theta @ theta)
-             - self.prior_base(c) - float(prior_lam.sum()))
-        self._last = (params, f, r, log_p)
-        return f, r
+    def step(self, params, evaluation=None, quiet=False):
+        """One GEM iteration from ``params``: the E-step (unless ``evaluation`` holds it),
+        then the M-step."""
+        with _quiet(quiet):
+            if evaluation is None:
+                evaluation = self.evaluate(params)
+            return self.m_step(params.theta, evaluation.r)
 
-    def objective(self, params):
-        """Penalised negative log-likelihood: minus the log-likelihood, plus the L2 penalty of
-        the logits, minus the log densities of the Dirichlet and Beta priors."""
-        return self.evaluate(params)[0]
+    def evaluate(self, params, quiet=False):
+        """E-step at ``params``: the block's parts of the objective (weighted log-likelihood,
+        ``theta @ theta``, log prior density of the base chain and of the copy weights) with
+        the responsibilities."""
+        cfg = self.config
+        with _quiet(quiet):
+            r, log_p = self.responsibilities(params)
+            with np.errstate(divide="ignore"):
+                prior_lam = cfg.a * np.log(params.lam) + cfg.b * np.log1p(-params.lam)
+            if cfg.shared:  # one weight for all: its prior counts once, in the first block
+                prior_lam = prior_lam[: 1 if self.q0 == 0 else 0]
+            parts = (float(self.w @ log_p), float(params.theta @ params.theta),
+                     self.prior_base(params.c), float(prior_lam.sum()))
+        return _Evaluation(parts, r, log_p)
 
-    def log_likelihood(self, params):
-        self.evaluate(params)
-        return float(self.w @ self._last[3])
-
-    def step(self, params):
-        """One GEM iteration: E-step, then partial M-steps."""
-        return self.m_step(params[0], self.evaluate(params)[1])
-
-    def squarem(self, params, first):
-        """SQUAREM (Varadhan and Roland, 2008): extrapolate two GEM steps, then take one GEM
-        step from there; kept only when it ends below the plain second step's objective."""
-        second = self.step(first)
-        f_plain = self.objective(second)
-        x0, x1, x2 = _pack(params), _pack(first), _pack(second)
+    def norms(self, p0, p1, p2):
+        """The block's parts of SQUAREM's ``r @ r`` and ``v @ v``."""
+        x0, x1, x2 = _pack(p0), _pack(p1), _pack(p2)
         r = x1 - x0
         v = x2 - x1 - r
-        vv = float(v @ v)
-        if not vv > 0:
-            return second, f_plain
-        step = min(-1.0, -np.sqrt(float(r @ r) / vv))
+        return float(r @ r), float(v @ v)
+
+    def extrapolated_step(self, p0, p1, p2, step):
+        """One GEM iteration from SQUAREM's point ``x0 - 2 step r + step^2 v`` of the
+        block."""
+        x0, x1, x2 = _pack(p0), _pack(p1), _pack(p2)
+        r = x1 - x0
+        v = x2 - x1 - r
         x = x0 - 2 * step * r + step * step * v
         with np.errstate(all="ignore"):
-            cand = self.step(_unpack(x, self.problem.n_params, self.K))
-            f_cand = self.objective(cand)
-        if np.isfinite(f_cand) and f_cand <= f_plain:
-            return cand, f_cand
-        return second, f_plain
+            return self.step(_unpack(x, self.problem.n_params, self.nq), quiet=True)
 
-    def base_chain(self, c):
-        K = self.K
-        counts = sparse.csc_array((c, (self.keys % K, self.keys // K)), shape=(K, K))
-        return BaseChain(counts, self.beta, self.unigram)
+    def result(self, params):
+        """The fitted columns (:class:`_FittedBlock`): centred logits and everything the
+        estimator's attributes need."""
+        problem = self.problem
+        theta = centre_columns(params.theta.copy(), problem.id_ptr)
+        report = report_from_columns(problem, dominant=False)
+        # Every parameter lies in the block's columns, so id_ptr[q0] is 0.
+        return _FittedBlock(
+            self.q0, self.q1, np.diff(problem.id_ptr[self.q0 : self.q1 + 1]),
+            problem.id_tokens, theta, params.lam, self.keys, params.c, self.beta,
+            int(report.n_free_params), int((self.n_per_query > 0).sum()), float(self.w.sum()))
 
 
 def _pack(params):
     """``(theta, logit lam, log c)`` as one vector for the extrapolation."""
-    theta, lam, c = params
     with np.errstate(divide="ignore"):
-        return np.concatenate([theta, np.log(lam) - np.log1p(-lam), np.log(c + 1e-300)])
+        return np.concatenate([params.theta, np.log(params.lam) - np.log1p(-params.lam),
+                               np.log(params.c + 1e-300)])
 
 
-def _unpack(x, n_params, K):
+def _unpack(x, n_params, n_lam):
     theta = x[:n_params].copy()
-    lam = np.clip(1.0 / (1.0 + np.exp(-x[n_params : n_params + K])), 1e-300, 1.0 - 1e-16)
-    return theta, lam, np.exp(x[n_params + K :])
+    lam = _clip_lam(1.0 / (1.0 + np.exp(-x[n_params : n_params + n_lam])))
+    return _Params(theta, lam, np.exp(x[n_params + n_lam :]))
+
+
+def _parts(evaluation):
+    return evaluation.parts
+
+
+def _wr(params):
+    return params.wr
+
+
+def _sum(values):
+    """Sum of the blocks' parts, exactly rounded (so independent of the blocks' order); a
+    single part is returned as it is, which keeps an in-memory fit's arithmetic."""
+    values = [float(v) for v in values]
+    if all(np.isfinite(values)):
+        return math.fsum(values)
+    return sum(values)  # inf or nan (an extrapolated point): fsum raises on inf - inf
+
+
+class _InMemory:
+    """Runs the blocks' methods in this process (an in-memory fit: one block)."""
+
+    def map(self, func, *args):
+        """``func`` on every block; an argument is a list (one item per block) or the same
+        for all."""
+        n = next(len(a) for a in args if isinstance(a, list))
+        return [func(*(a[i] if isinstance(a, list) else a for a in args)) for i in range(n)]
+
+    def values(self, handles):
+        return list(handles)
+
+    def share(self, value):
+        return value
+
+
+@dataclass(eq=False)
+class _Point:
+    """A point of the EM path: the blocks' parameters (handles of the runner), their E-step
+    once computed and the objective once reduced."""
+
+    params: list
+    evaluation: list | None = None
+    objective: float | None = None
+    log_likelihood: float | None = None
+
+
+class _EM:
+    """The driver of a block-wise EM: it sends every per-column computation to the blocks
+    (through ``run``, see :class:`_InMemory` and ``distributed``) and reduces what couples
+    them, scalars and one K-vector.
+
+    Parameters
+    ----------
+    run : _InMemory or distributed runner
+    blocks : list
+        Handles of :class:`_EMBlock` covering the columns ``0..K-1`` in order.
+    n_tokens : int
+    config : _EMConfig
+    """
+
+    def __init__(self, run, blocks, n_tokens, config):
+        self.run, self.K, self.config = run, n_tokens, config
+        support = run.values(run.map(_EMBlock.support, blocks))
+        # Kneser-Ney's continuation unigram (see bigram_support): integer counts, so their
+        # sum over blocks is exact.
+        continuation = np.zeros(n_tokens, np.int64)
+        for s in support:
+            continuation[s.tokens] += s.counts
+        self.unigram = _continuation_unigram(continuation, n_tokens)
+        sum_u_log_u = float(self.unigram @ np.log(self.unigram))
+        self.blocks = run.map(_EMBlock.with_unigram, blocks, run.share(self.unigram),
+                              sum_u_log_u)
+        self.n_copyable = _sum(s.n_copyable for s in support)
+        self.n_pairs = sum(s.n_pairs for s in support)
+        self.n_covered = sum(s.n_covered for s in support)
+
+    def _with_lam(self, params):
+        """Points from the blocks' M-steps, with the shared copy weight when there is one."""
+        cfg = self.config
+        if cfg.shared:
+            wr = _sum(self.run.values(self.run.map(_wr, params)))
+            lam = float(_clip_lam((wr + cfg.a) / (self.n_copyable + cfg.a + cfg.b)))
+            params = self.run.map(_EMBlock.with_lam, self.blocks, params, lam)
+        return _Point(params)
+
+    def initial(self, previous=None):
+        """Parameters after a first M-step (see :meth:`_EMBlock.initial`); ``previous`` is a
+        fitted estimator to start from."""
+        prev = None if previous is None else self.run.share(
+            (previous.ccmc_.logits, previous.copy_weight_))
+        return self._with_lam(self.run.map(_EMBlock.initial, self.blocks, prev))
+
+    def _evaluate(self, point, quiet=False):
+        if point.evaluation is None:
+            point.evaluation = self.run.map(_EMBlock.evaluate, self.blocks, point.params, quiet)
+
+    def objective(self, point, quiet=False):
+        """Penalised negative log-likelihood: minus the log-likelihood, plus the L2 penalty of
+        the logits, minus the log densities of the Dirichlet and Beta priors."""
+        if point.objective is None:
+            self._evaluate(point, quiet)
+            parts = self.run.values(self.run.map(_parts, point.evaluation))
+            ll, tt, pb, pl = (_sum(p[i] for p in parts) for i in range(4))
+            point.objective = -ll + 0.5 * self.config.alpha * tt - pb - pl
+            point.log_likelihood = ll
+        return point.objective
+
+    def step(self, point):
+        """One GEM iteration: E-step, then partial M-steps (one task per block: the E-step
+        of a point whose objective is not needed stays inside it)."""
+        return self._with_lam(self.run.map(_EMBlock.step, self.blocks, point.params,
+                                           point.evaluation, False))
+
+    def squarem(self, p0, p1):
+        """SQUAREM (Varadhan and Roland, 2008): extrapolate two GEM steps, then take one GEM
+        step from there; kept only when it ends below the plain second step's objective."""
+        p2 = self.step(p1)
+        # Sent before the objective is reduced, so that both run on the blocks together.
+        norms = self.run.map(_EMBlock.norms, self.blocks, p0.params, p1.params, p2.params)
+        f_plain = self.objective(p2)
+        norms = self.run.values(norms)
+        vv = _sum(n[1] for n in norms)
+        if not vv > 0:
+            return p2, f_plain
+        step = min(-1.0, -np.sqrt(_sum(n[0] for n in norms) / vv))
+        cand = self._with_lam(self.run.map(_EMBlock.extrapolated_step, self.blocks, p0.params,
+                                           p1.params, p2.params, step))
+        f_cand = self.objective(cand, quiet=True)
+        if np.isfinite(f_cand) and f_cand <= f_plain:
+            return cand, f_cand
+        return p2, f_plain
+
+    def results(self, point):
+        """The fitted blocks at ``point``, in column order."""
+        return self.run.values(self.run.map(_EMBlock.result, self.blocks, point.params))

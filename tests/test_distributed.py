@@ -1,6 +1,7 @@
 """Fitting and scoring on a Dask cluster (issue 12): a LocalCluster of two worker processes
 with one thread each, started once for the module."""
 
+import copy
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import ccmc_estim  # noqa: E402
 from ccmc_estim import (  # noqa: E402
     CCMC,
     CCMCEstimator,
+    MixtureCCMCEstimator,
     PositionalCCMCEstimator,
     make_ccmc_data,
     prompts_from_sequences,
@@ -258,3 +260,135 @@ def test_import_does_not_load_dask():
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert ccmc_estim.distributed.is_dask_collection(np.zeros(3)) is False
+
+
+# --------------------------------------------------------------------------- the mixture
+@pytest.fixture(scope="module")
+def mixture_data(data):
+    """The CCMC data with 40% of the outputs replaced by random tokens: generated, often
+    absent from their prompts (what the mixture is for)."""
+    X, y, w = data
+    rng = np.random.default_rng(5)
+    y = np.where(rng.random(y.size) < 0.4, rng.integers(0, 15, y.size), y)
+    return X, y, w
+
+
+def _equal_mixtures(ref, est, rtol=1e-10):
+    """A Dask fit equals the in-memory fit.  Every per-column computation sees the same
+    pairs in the same order (bitwise equal); only the sums over column blocks (objective,
+    SQUAREM norms, shared copy weight) are rounded differently, by ~1e-16 relative, which the
+    SQUAREM step sizes carry into the parameters at ~1e-14.  1e-10 leaves room for that and
+    for nothing else: a pair in the wrong block or a missing one changes the fit at 1e-4 or
+    more.  Logits, copy weights and probabilities are O(1) and can be 0, so the same 1e-10
+    is also their absolute tolerance."""
+    assert sorted(vars(est)) == sorted(vars(ref))
+    assert est.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(est.objective_trace_, ref.objective_trace_, rtol=rtol, atol=0)
+    np.testing.assert_allclose(est.ccmc_.toarray(), ref.ccmc_.toarray(), rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(est.copy_weight_, ref.copy_weight_, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(est.base_chain_.toarray(), ref.base_chain_.toarray(), rtol=rtol,
+                               atol=rtol)
+    np.testing.assert_array_equal(est.base_chain_.prior_weight, ref.base_chain_.prior_weight)
+    np.testing.assert_array_equal(est.base_chain_.unigram, ref.base_chain_.unigram)
+    for name in ("log_likelihood_", "aic_", "bic_"):
+        assert getattr(est, name) == pytest.approx(getattr(ref, name), rel=rtol, abs=0)
+    assert est.n_free_params_ == ref.n_free_params_
+    np.testing.assert_array_equal(est.classes_, ref.classes_)
+
+
+@pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
+def test_mixture_fit_equals_in_memory(client, mixture_data, copy_weight, capsys):
+    X, y, w = mixture_data
+    ref = MixtureCCMCEstimator(copy_weight=copy_weight, tol=1e-8).fit(X, y, sample_weight=w)
+    est = MixtureCCMCEstimator(copy_weight=copy_weight, tol=1e-8, verbose=1).fit(
+        da.from_array(X, chunks=(700, 4)), da.from_array(y, chunks=900),
+        da.from_array(w, chunks=500))
+    assert "(Dask, 6 partitions, 2 blocks)" in capsys.readouterr().out  # a block per thread
+    assert ref.n_iter_ >= 5  # a real EM path, with SQUAREM steps, not one step
+    _equal_mixtures(ref, est)
+    # The fitted estimator predicts in memory like any other.
+    np.testing.assert_allclose(est.predict_proba(X[:50]), ref.predict_proba(X[:50]),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_mixture_one_block_is_the_in_memory_fit(client, mixture_data):
+    # One column block runs the in-memory fit's arithmetic exactly, warm start included.
+    X, y, w = mixture_data
+    ref = MixtureCCMCEstimator(unknown_id=0, warm_start=True).fit(X[:1500], y[:1500])
+    est = copy.deepcopy(ref)
+    ref.fit(X, y, sample_weight=w)
+    ccmc_dask.fit(est, da.from_array(X, chunks=1000), da.from_array(y, chunks=1000),
+                  da.from_array(w, chunks=1000), n_blocks=1)
+    np.testing.assert_array_equal(est.objective_trace_, ref.objective_trace_)
+    np.testing.assert_array_equal(est.ccmc_.toarray(), ref.ccmc_.toarray())
+    np.testing.assert_array_equal(est.copy_weight_, ref.copy_weight_)
+    np.testing.assert_array_equal(est.base_chain_.toarray(), ref.base_chain_.toarray())
+    assert (est.log_likelihood_, est.bic_) == (ref.log_likelihood_, ref.bic_)
+
+
+def test_mixture_dask_bag_of_sequences(client):
+    rng = np.random.default_rng(7)
+    seqs = [rng.integers(0, 8, int(rng.integers(2, 90))) for _ in range(25)]
+    L = 4
+    prompts, outputs = prompts_from_sequences(seqs, L)
+    ref = MixtureCCMCEstimator().fit(prompts, outputs)
+    est = MixtureCCMCEstimator().fit(*ccmc_dask.windows(db.from_sequence(seqs, npartitions=4),
+                                                        L))
+    _equal_mixtures(ref, est)
+
+
+def test_mixture_lazy_predict_and_score(client, mixture_data):
+    X, y, w = mixture_data
+    est = MixtureCCMCEstimator().fit(X, y, sample_weight=w)
+    Xd, yd = da.from_array(X, chunks=600), da.from_array(y, chunks=600)
+    pred = est.predict(Xd)
+    assert isinstance(pred, da.Array)
+    np.testing.assert_array_equal(pred.compute(), est.predict(X))
+    ll = est.score_samples(Xd, yd)
+    assert isinstance(ll, da.Array)
+    np.testing.assert_array_equal(ll.compute(), est.score_samples(X, y))
+    score = est.score(Xd, yd, da.from_array(w, chunks=600))
+    assert isinstance(score, float)
+    assert score == pytest.approx(est.score(X, y, w), rel=1e-12)
+
+
+def test_mixture_bad_input_is_located(client, mixture_data):
+    X, y, _ = mixture_data
+    Xb = X.copy()
+    Xb[1005, 1] = -4
+    with pytest.raises(ValueError, match=r"prompt 1005 \(partition 2, its prompt 5\) has a "
+                                         r"negative token -4"):
+        MixtureCCMCEstimator().fit(da.from_array(Xb, chunks=500), da.from_array(y, chunks=500))
+    with pytest.raises(ValueError, match=r"unknown_id=20 is outside the vocabulary 0\.\.14"):
+        MixtureCCMCEstimator(unknown_id=20).fit(da.from_array(X, chunks=1000), y)
+    # As for the CCMC, Dask collections hold integer ids (a Vocabulary maps other tokens).
+    with pytest.raises(TypeError, match="prompts must hold integer token ids"):
+        MixtureCCMCEstimator().fit(da.from_array(X.astype(str), chunks=1000), y.astype(str))
+
+
+def test_mixture_worker_dies_mid_em(client, mixture_data):
+    # The blocks, their parameters and E-steps are futures with lineage: Dask recomputes
+    # what a killed worker held (the block from the input partitions, then the EM steps).
+    X, y, w = mixture_data
+    ref = MixtureCCMCEstimator(tol=1e-10).fit(X, y, sample_weight=w)
+    pids = client.run(os.getpid)
+    killed = []
+
+    def kill_a_worker_in_em():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not killed:
+            for addr, keys in client.processing().items():
+                if any(str(k).startswith("step-") for k in keys) and addr in pids:
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+                    return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_worker_in_em)
+    killer.start()
+    est = MixtureCCMCEstimator(tol=1e-10).fit(da.from_array(X, chunks=1000),
+                                              da.from_array(y, chunks=1000),
+                                              da.from_array(w, chunks=1000))
+    killer.join()
+    assert killed, "no worker was killed during the EM"
+    _equal_mixtures(ref, est)

@@ -217,3 +217,20 @@ def test_vocabulary_in_a_pipeline_with_the_mixture():
     Xw = [vocab.inverse_transform(p) for p in X]
     pipe.fit(Xw, y)
     assert pipe.score(Xw, y) > np.log(1 / 8)
+
+
+def test_zero_weight_removes_the_sample():
+    # A weight of 0 equals a removed sample, as for the CCMC and a Dask fit (which never ships
+    # such pairs): here the only pair with query 9 must not enter the base chain's support.
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 10, (2000, 5))
+    X[:, -1] = np.where(X[:, -1] == 9, 8, X[:, -1])
+    X[0, -1] = 9
+    y = X[np.arange(2000), rng.integers(0, 5, 2000)]
+    w = np.ones(2000)
+    w[0] = 0.0
+    a = MixtureCCMCEstimator().fit(X, y, sample_weight=w)
+    b = MixtureCCMCEstimator().fit(X[1:], y[1:])
+    np.testing.assert_array_equal(a.objective_trace_, b.objective_trace_)
+    np.testing.assert_array_equal(a.base_chain_.toarray(), b.base_chain_.toarray())
+    assert (a.n_free_params_, a.bic_) == (b.n_free_params_, b.bic_)
