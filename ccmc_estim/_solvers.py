@@ -190,6 +190,13 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
     function with flat arguments, since every compiled level above the kernels optimises again
     all that it calls, and a namedtuple or tuple argument costs compilation time of its own.
     """
+    # Entry probabilities of the current and the trial point, allocated once for the largest
+    # column: fresh memory for every column costs page faults on every pass.
+    most = 0
+    for q in cols:
+        most = max(most, indptr[col_ptr[q + 1]] - indptr[col_ptr[q]])
+    prob_buf = np.empty(most)
+    prob_t_buf = np.empty(most)
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -212,10 +219,10 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
 
         # Newton's method on the penalised objective NLL + alpha / 2 ||theta||^2.
         grad = np.empty(n)
-        prob = np.empty(e1 - e0)
+        prob = prob_buf[: e1 - e0]
         trial = np.empty(n)
         grad_t = np.empty(n)
-        prob_t = np.empty(e1 - e0)
+        prob_t = prob_t_buf[: e1 - e0]
         total = 0.0
         for r in range(b - a):
             total += w[r]
