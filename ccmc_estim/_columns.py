@@ -79,7 +79,7 @@ class ColumnProblem:
     def to_csc(self, values):
         """``(K, K)`` CSC array holding one value per parameter (zeros stored explicitly)."""
         K = self.n_tokens
-        return sparse.csc_array((values, self.id_tokens, self.id_ptr), shape=(K, K))
+        return csc_from_parts(values, self.id_tokens, self.id_ptr, K)
 
     def to_dense(self, values, fill=0.0):
         out = np.full((self.n_tokens, self.n_tokens), fill, dtype=np.asarray(values).dtype)
@@ -92,6 +92,19 @@ class ColumnProblem:
             ptr, idx, val = csc_parts(logits)
             return _kernels.csc_gather(ptr, idx, val, self.id_ptr, self.id_tokens)
         return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
+
+
+def csc_from_parts(values, indices, indptr, n_tokens):
+    """``(K, K)`` CSC array on ``values`` and ``indices`` without copying them.
+
+    scipy gives both index arrays one dtype: ``indptr`` (int64 in the layouts, ``K + 1``
+    entries) is cast to the int32 of ``indices`` when it fits, rather than the ``indices``
+    (one per stored entry) to int64.
+    """
+    ptr = np.asarray(indptr)
+    if ptr[-1] <= np.iinfo(indices.dtype).max:
+        ptr = ptr.astype(indices.dtype, copy=False)
+    return sparse.csc_array((values, indices, ptr), shape=(n_tokens, n_tokens), copy=False)
 
 
 def csc_parts(matrix):

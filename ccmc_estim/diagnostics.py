@@ -4,11 +4,10 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 import numpy as np
-from scipy import sparse as sp
 from scipy.stats import norm
 from sklearn.utils.validation import check_is_fitted
 
-from ._columns import build_columns
+from ._columns import build_columns, csc_from_parts
 from ._graphs import closed_components, components
 from ._kernels import column_graphs
 from ._stats import (
@@ -86,19 +85,20 @@ def _column_graphs(cd):
     return column_graphs(cd.col_ptr, cd.indptr, cd.local, cd.y_entry, cd.id_ptr)
 
 
-def _by_column(cd, mask):
+def _by_column(id_ptr, id_tokens, mask):
     """Column -> tokens of the parameters selected by ``mask``."""
     idx = np.flatnonzero(mask)
     if not idx.size:
         return {}
-    cols, starts = np.unique(cd.id_query[idx], return_index=True)
-    toks = np.split(cd.id_tokens[idx].astype(np.int64), starts[1:])
+    query = np.searchsorted(id_ptr, idx, side="right") - 1
+    cols, starts = np.unique(query, return_index=True)
+    toks = np.split(id_tokens[idx].astype(np.int64), starts[1:])
     return dict(zip(cols.tolist(), toks, strict=True))
 
 
 def mle_existence(cd, dominant=True, graphs=None):
-    """Whether each column's finite MLE exists (``alpha=0``), its never-chosen tokens and its
-    always-winning groups.
+    """Whether each column's finite MLE exists (``alpha=0``), which tokens were ever chosen and
+    the always-winning groups.
 
     A column's MLE is finite iff its "chosen over" graph (an arc ``j -> k`` whenever ``k`` was
     emitted from a prompt that also held ``j``) is strongly connected, i.e. iff every token of
@@ -108,8 +108,8 @@ def mle_existence(cd, dominant=True, graphs=None):
     -------
     exists : ndarray of bool, shape (K,)
         False for columns never queried.
-    never_chosen : dict
-        Column -> tokens available in the column but never emitted against competition.
+    chosen : ndarray of bool, shape (n_params,)
+        Whether each parameter's token was emitted at least once against competition.
     dominant : dict or None
         Column -> list of token groups that no outsider ever beat (sink strongly connected
         components), for columns whose MLE does not exist; None unless ``dominant``.
@@ -117,12 +117,11 @@ def mle_existence(cd, dominant=True, graphs=None):
     _, chosen, strong = _column_graphs(cd) if graphs is None else graphs
     sizes = np.diff(cd.id_ptr)
     exists = strong & (sizes > 0)
-    never_chosen = _by_column(cd, ~chosen & (sizes[cd.id_query] > 1))
     if not dominant:
-        return exists, never_chosen, None
+        return exists, chosen, None
     failing = np.flatnonzero((sizes > 0) & ~exists)
     if not failing.size:
-        return exists, never_chosen, {}
+        return exists, chosen, {}
     param, row = _entry_params(cd)
     y_param = param[cd.y_entry][row]
     keep = (param != y_param) & np.isin(cd.id_query[param], failing)
@@ -134,7 +133,7 @@ def mle_existence(cd, dominant=True, graphs=None):
         lab = labels[cd.id_ptr[q] : cd.id_ptr[q + 1]]
         toks = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]].astype(np.int64)
         groups[int(q)] = [toks[lab == g] for g in np.unique(lab) if closed[g]]
-    return exists, never_chosen, groups
+    return exists, chosen, groups
 
 
 # --------------------------------------------------------------------------- report
@@ -162,7 +161,8 @@ class IdentifiabilityReport:
     mle_exists : ndarray of bool or None
         With outputs: whether the finite MLE exists per column (False if never queried).
     never_chosen : dict or None
-        With outputs: column -> tokens available but never chosen.
+        With outputs: column -> tokens available (with at least one other) but never chosen
+        (built on access from ``chosen``).
     dominant : dict or None
         With outputs: column -> groups of tokens that always beat the rest.
     sparse : bool
@@ -176,13 +176,22 @@ class IdentifiabilityReport:
     components: dict
     n_free_params: int
     mle_exists: np.ndarray | None = None
-    never_chosen: dict | None = None
     dominant: dict | None = None
     sparse: bool = False
     # Column layout of the identified entries and their co-occurrence counts.
     id_ptr: np.ndarray = field(default=None, repr=False)
     id_tokens: np.ndarray = field(default=None, repr=False)
     n_cooccur: np.ndarray = field(default=None, repr=False)
+    # Whether each identified entry's token was ever chosen against competition (with outputs).
+    chosen: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def never_chosen(self):
+        if self.chosen is None:
+            return None
+        sizes = np.diff(self.id_ptr)
+        alone = np.repeat(sizes, sizes) == 1  # a token alone in its column cannot lose
+        return _by_column(self.id_ptr, self.id_tokens, ~self.chosen & ~alone)
 
     @property
     def n_identified(self):
@@ -191,7 +200,7 @@ class IdentifiabilityReport:
     def _matrix(self, values):
         K = self.n_tokens
         if self.sparse:
-            return sp.csc_array((values, self.id_tokens, self.id_ptr), shape=(K, K))
+            return csc_from_parts(values, self.id_tokens, self.id_ptr, K)
         out = np.zeros((K, K), values.dtype)
         out[self.id_tokens, np.repeat(np.arange(K), self.n_identified)] = values
         return out
@@ -323,7 +332,7 @@ def report_from_columns(cd, dominant=True, sparse=False):
         n_cooccur=graphs[0],
     )
     if cd.y_entry.size:
-        report.mle_exists, report.never_chosen, report.dominant = mle_existence(
+        report.mle_exists, report.chosen, report.dominant = mle_existence(
             cd, dominant, graphs
         )
     return report

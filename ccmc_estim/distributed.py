@@ -415,7 +415,7 @@ class _Block:
     components: dict
     n_cooccur: np.ndarray
     mle_exists: np.ndarray
-    never_chosen: dict
+    chosen: np.ndarray
     dominant: dict | None
 
     def __sizeof__(self):  # see _Part.__sizeof__
@@ -450,7 +450,7 @@ def solve_block(est, problem, q0, q1, scale):
         solution.status[cols].copy(), solution.information[cols], solution.information_diag,
         report.n_prompts[cols].copy(), report.n_components[cols].copy(), report.components,
         report.n_cooccur, np.zeros(q1 - q0, bool) if mle is None else mle[cols].copy(),
-        report.never_chosen or {}, None if est.alpha != 0 else report.dominant or {},
+        report.chosen, None if est.alpha != 0 else report.dominant or {},
     )
 
 
@@ -458,11 +458,18 @@ def _merge(blocks, n_tokens, sparse):
     """The identifiability report, parameters and solution of all columns, from the blocks
     (in column order, so every per-column and per-parameter array is their concatenation)."""
     def take(name):
-        # Blocks give up each per-parameter field as soon as it is merged: the peak is the
-        # blocks plus one merged field, not twice the results.
-        out = np.concatenate([getattr(b, name) for b in blocks])
+        # Each block gives up its piece of a per-parameter field as soon as it is copied: the
+        # peak is the results plus one block's piece, not twice the results.
+        first = getattr(blocks[0], name)
+        out = np.empty(sum(getattr(b, name).size for b in blocks), first.dtype)
+        del first
+        pos = 0
         for b in blocks:
+            piece = getattr(b, name)
+            out[pos : pos + piece.size] = piece
+            pos += piece.size
             setattr(b, name, None)
+            del piece
         return out
 
     cat = np.concatenate
@@ -481,12 +488,12 @@ def _merge(blocks, n_tokens, sparse):
         components={q: g for b in blocks for q, g in b.components.items()},
         n_free_params=int(sizes.sum() - n_components.sum()),
         mle_exists=cat([b.mle_exists for b in blocks]),
-        never_chosen={q: t for b in blocks for q, t in b.never_chosen.items()},
         dominant=dominant,
         sparse=use_sparse(sparse, n_tokens, int(sizes.sum())),
         id_ptr=id_ptr,
         id_tokens=take("id_tokens"),
         n_cooccur=take("n_cooccur"),
+        chosen=take("chosen"),
     )
     solution = ColumnSolution(
         objective=cat([b.objective for b in blocks]),

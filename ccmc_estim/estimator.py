@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from ._columns import build_columns, columns_from_stats
+from ._columns import build_columns, columns_from_stats, csc_from_parts
 from ._kernels import bias_loglik
 from ._solvers import DENSE_MAX, MAX_ITER, solve_columns
 from ._stats import (
@@ -414,7 +414,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         theta = centre_columns(theta.copy() if theta.base is not None else theta, id_ptr)
         self._columns = (id_ptr, id_tokens)
         if sparse:
-            logits = sp.csc_array((theta, id_tokens, id_ptr), shape=(K, K))
+            logits = csc_from_parts(theta, id_tokens, id_ptr, K)
         else:
             logits = np.zeros((K, K))
             logits[id_tokens, np.repeat(np.arange(K), sizes)] = theta
@@ -451,10 +451,11 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             return
         missing = np.flatnonzero(report.queried & ~report.mle_exists)
         if missing.size:
+            never = report.never_chosen
             detail = "; ".join(
-                f"column {q}: tokens {report.never_chosen[q].tolist()} never chosen"
+                f"column {q}: tokens {never[q].tolist()} never chosen"
                 for q in missing[:5]
-                if q in report.never_chosen
+                if q in never
             )
             warnings.warn(
                 "with alpha=0 the maximum-likelihood estimate does not exist (some logits "
@@ -481,7 +482,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         id_ptr, id_tokens = self._columns
         K = self.n_tokens_
         if sp.issparse(self.logits_):
-            return sp.csc_array((values, id_tokens, id_ptr), shape=(K, K))
+            return csc_from_parts(values, id_tokens, id_ptr, K)
         out = np.full((K, K), fill)
         out[id_tokens, np.repeat(np.arange(K), np.diff(id_ptr))] = values
         return out

@@ -7,7 +7,7 @@ from scipy import sparse
 from scipy.special import softmax
 
 from . import _kernels
-from ._columns import csc_parts
+from ._columns import csc_from_parts, csc_parts
 from ._stats import (
     PromptStats,
     _check_integral,
@@ -163,7 +163,7 @@ class CCMC:
             return self._dense
         K = self.n_tokens
         ptr, idx, val = self._parts
-        return sparse.csc_array((val, idx, ptr), shape=(K, K), copy=False)
+        return csc_from_parts(val, idx, ptr, K)
 
     def toarray(self):
         """The logits as a dense ``(K, K)`` array (a copy; missing sparse entries are 0).
