@@ -755,6 +755,31 @@ def layout_output_log_proba(cols, lay, theta, out):
             out[r] = theta_q[local[yj]] + np.log(count[yj]) - lse
 
 
+@njit(cache=True, nogil=True)
+def mixture_posterior(ql, copyable, lam, log_copy, c, key_of, col_total, beta, u_y, r, log_p):
+    """E-step of the copy-and-generate mixture for every pair ``i`` of a block: ``log_p[i] =
+    log(lam C + (1 - lam) B)`` and the posterior copy probability ``r[i]``, where ``C`` is
+    ``exp(log_copy[i])`` and ``B`` the Witten-Bell base chain ``(c[key] + beta u_y) /
+    (col_total + beta)`` of the pair's column ``ql[i]``; ``lam`` is 0 for pairs that are not
+    ``copyable``.
+
+    In probability space: two transcendental functions per pair instead of seven (both
+    parts are probabilities, at least the base chain's floor, so nothing overflows and the
+    sum cannot lose the larger part)."""
+    for i in range(ql.size):
+        q = ql[i]
+        lq = lam[q] if copyable[i] else 0.0
+        base = (1.0 - lq) * (c[key_of[i]] + beta[q] * u_y[i]) / (col_total[q] + beta[q])
+        cp = lq * np.exp(log_copy[i])
+        p = cp + base
+        if p > 0.0:
+            log_p[i] = np.log(p)
+            r[i] = cp / p
+        else:  # neither part can emit the output
+            log_p[i] = -np.inf
+            r[i] = 0.0
+
+
 @njit(cache=True)
 def output_in_prompt(flat, indptr, outputs, n_tokens, skip):
     """Whether each output occurs in its prompt, never counting the token ``skip`` (-1: none):

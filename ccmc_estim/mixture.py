@@ -923,13 +923,6 @@ class _EMBlock:
     def base_counts(self, r):
         return np.bincount(self.key_of, weights=self.w * (1.0 - r), minlength=self.keys.size)
 
-    def log_base(self, c):
-        col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
-        beta = self.beta[self.ql]
-        with np.errstate(divide="ignore"):
-            return (np.log(c[self.key_of] + beta * self.u_y)
-                    - np.log(col_total[self.ql] + beta))
-
     def prior_base(self, c):
         """``sum_q sum_y beta_q u_y log B[y, q]`` over the block's columns in O(pairs + K):
         the stored entries of each column explicitly, the rest through
@@ -949,13 +942,13 @@ class _EMBlock:
 
     def responsibilities(self, params):
         """Posterior copy probability ``r_i`` and ``log P(y_i | x_i)`` of every pair."""
-        log_c = self.log_copy(params.theta)
-        lam_q = np.where(self.copyable, params.lam[self.ql], 0.0)
-        with np.errstate(divide="ignore"):
-            a_ = np.log(lam_q) + log_c
-            b_ = np.log1p(-lam_q) + self.log_base(params.c)
-        log_p = np.logaddexp(a_, b_)
-        return np.exp(a_ - log_p), log_p
+        c = params.c
+        col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
+        r = np.empty(self.ql.size)
+        log_p = np.empty(self.ql.size)
+        _kernels.mixture_posterior(self.ql, self.copyable, params.lam, self.log_copy(params.theta),
+                                   c, self.key_of, col_total, self.beta, self.u_y, r, log_p)
+        return r, log_p
 
     # ------------------------------------------------------------------ EM steps
     def initial(self, previous):
