@@ -13,7 +13,7 @@ import numpy as np
 from scipy import sparse
 
 from . import _kernels
-from ._solvers import THREAD_MIN_WORK, run_threads
+from ._solvers import THREAD_MIN_WORK, column_ranges, run_threads
 
 _PLAIN = np.ones(1)  # every position counts once
 
@@ -142,10 +142,9 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     # Contiguous column ranges of similar work (tokens to read), one per thread.
     work = np.zeros(order.size + 1)
     np.cumsum(indptr[order + 1] - indptr[order], out=work[1:])
-    at_col = work[col_ptr]
-    n_chunks = max(1, min(int(n_jobs), n_tokens)) if work[-1] >= THREAD_MIN_WORK else 1
-    cuts = np.searchsorted(at_col, work[-1] * np.arange(1, n_chunks) / n_chunks)
-    bounds = np.unique(np.concatenate([[0], cuts, [n_tokens]]))
+    load = np.diff(work[col_ptr])
+    n_chunks = int(n_jobs) if work[-1] >= THREAD_MIN_WORK else 1
+    bounds = column_ranges(load, n_tokens, n_chunks)
     ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     common = (flat, indptr, order, col_ptr)
     ent_ptr = np.zeros(order.size + 1, np.int64)

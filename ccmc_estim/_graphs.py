@@ -15,7 +15,8 @@ from scipy.sparse.csgraph import connected_components
 def components(n_nodes, src, dst, *, strong=False):
     """``(n_components, labels)`` of the graph with arcs ``src[i] -> dst[i]`` (weak components,
     direction ignored, unless ``strong``).  Node ids must be valid: callers check them."""
-    graph = sparse.csr_array((np.ones(len(src), np.int8), (src, dst)), shape=(n_nodes, n_nodes))
+    # Boolean arcs: repeated arcs merge into one, never sum to a wrapped-around zero.
+    graph = sparse.csr_array((np.ones(len(src), bool), (src, dst)), shape=(n_nodes, n_nodes))
     return connected_components(graph, directed=strong, connection="strong")
 
 

@@ -17,7 +17,9 @@ _NOGIL = {"cache": True, "nogil": True}
 # --------------------------------------------------------------------------- log-sum-exp
 @njit(cache=True, nogil=True)
 def logsumexp_inplace(z, a, b, normalise):
-    """``log sum exp z[a:b]``, stable for any finite scores (the only log-sum-exp here).
+    """``log sum exp z[a:b]``, stable for any finite scores (the one log-sum-exp: column
+    problems score in linear space with a shared scale, :func:`prompt_log_norm`, and fall back
+    to this one).
 
     With ``normalise`` the scores are overwritten by their probabilities ``exp(z - lse)``.
     """
@@ -345,8 +347,8 @@ def column_exp(theta, e):
 @njit(cache=True, nogil=True)
 def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
     """``log sum_j count_j exp(theta[local_j])`` over the entries ``s0:s1``, from ``e`` and ``m``
-    of :func:`column_exp`; ``prob[s0:s1]`` receives the scores (with ``normalise``, the
-    probabilities)."""
+    of :func:`column_exp`.  With ``normalise``, ``prob[s0:s1]`` receives the probabilities;
+    without, it is scratch space (linear or, after an underflow, log scores)."""
     s = 0.0
     for j in range(s0, s1):
         v = count[j] * e[local[j]]
@@ -365,8 +367,8 @@ def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
 
 @njit(cache=True, nogil=True)
 def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob):
-    """Weighted NLL of one column; fills ``prob`` (per entry) and, when ``grad`` is not empty,
-    the gradient (per parameter)."""
+    """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter)
+    and the entry probabilities in ``prob`` (otherwise ``prob`` is scratch space)."""
     with_grad = grad.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0

@@ -312,6 +312,20 @@ def _balanced_chunks(cols, cost, n_chunks):
     return [np.array(sorted(b), np.int64) for b in bins if b]
 
 
+def column_ranges(load, n_tokens, n_ranges):
+    """Contiguous column ranges ``bounds[b]:bounds[b + 1]`` of similar total ``load`` (work
+    per column, zero beyond ``load.size``), at most ``n_ranges`` of them: the blocks of a large
+    or distributed fit and the threads' shares of the column layout."""
+    work = np.zeros(n_tokens)
+    work[: load.size] = load
+    cum = np.cumsum(work)
+    if n_ranges <= 1 or cum[-1] == 0:
+        return np.array([0, n_tokens], np.int64)
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_ranges) / n_ranges) + 1
+    return np.unique(np.concatenate([[0], np.minimum(cuts, n_tokens), [n_tokens]])).astype(
+        np.int64)
+
+
 #: Below this much work (entry visits) threads cost more than they save: one chunk.
 THREAD_MIN_WORK = 300_000
 

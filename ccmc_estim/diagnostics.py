@@ -61,12 +61,12 @@ def graph_components(n_nodes, src, dst, *, strong=False):
     >>> graph_components(4, [0, 2], [1, 3]).tolist()
     [0, 0, 1, 1]
     """
-    # Node ids go into compiled code: checked as integers (1.5 is no node), never truncated.
+    # Node ids are checked as integers (1.5 is no node), never truncated.
     src = _check_integral(src, "src").astype(np.int64)
     dst = _check_integral(dst, "dst").astype(np.int64)
     if src.ndim != 1:
         raise ValueError(f"src and dst must be 1-D arrays of node ids, got shape {src.shape}.")
-    check_memory(16 * n_nodes, f"a graph of {n_nodes} nodes")  # parents and labels, int64
+    check_memory(16 * n_nodes, f"a graph of {n_nodes} nodes")  # scipy's work arrays
     if src.shape != dst.shape or (src.size and (min(src.min(), dst.min()) < 0
                                                 or max(src.max(), dst.max()) >= n_nodes)):
         raise ValueError(f"arcs must be pairs of node ids in 0..{n_nodes - 1}.")
@@ -83,17 +83,6 @@ def _entry_params(cd):
 
 def _column_graphs(cd):
     return column_graphs(cd.col_ptr, cd.indptr, cd.local, cd.y_entry, cd.id_ptr)
-
-
-def _by_column(id_ptr, id_tokens, mask):
-    """Column -> tokens of the parameters selected by ``mask``."""
-    idx = np.flatnonzero(mask)
-    if not idx.size:
-        return {}
-    query = np.searchsorted(id_ptr, idx, side="right") - 1
-    cols, starts = np.unique(query, return_index=True)
-    toks = np.split(id_tokens[idx].astype(np.int64), starts[1:])
-    return dict(zip(cols.tolist(), toks, strict=True))
 
 
 def mle_existence(cd, dominant=True, graphs=None):
@@ -154,8 +143,9 @@ class IdentifiabilityReport:
         column (its query is in all its prompts, so the graph is a star around it and the
         column is identified up to one shift), 0 for the others.
     components : dict
-        Column -> list of token arrays, for columns with more than one component (none,
-        as above).
+        Column -> list of token arrays, for columns with more than one component (none, as
+        above; kept with ``n_components`` and ``fully_identified`` so that reports keep their
+        shape).
     n_free_params : int
         Identified entries minus one shift per component, over all columns.
     mle_exists : ndarray of bool or None
@@ -163,6 +153,9 @@ class IdentifiabilityReport:
     never_chosen : dict or None
         With outputs: column -> tokens available (with at least one other) but never chosen
         (built on access from ``chosen``).
+    chosen : ndarray of bool or None
+        With outputs: per identified entry (in the order of ``id_tokens``), whether its token
+        was chosen at least once against competition.
     dominant : dict or None
         With outputs: column -> groups of tokens that always beat the rest.
     sparse : bool
@@ -189,9 +182,20 @@ class IdentifiabilityReport:
     def never_chosen(self):
         if self.chosen is None:
             return None
-        sizes = np.diff(self.id_ptr)
-        alone = np.repeat(sizes, sizes) == 1  # a token alone in its column cannot lose
-        return _by_column(self.id_ptr, self.id_tokens, ~self.chosen & ~alone)
+        out = {}
+        for q in np.flatnonzero(np.diff(self.id_ptr) > 1):
+            toks = self.never_chosen_in(q)
+            if toks.size:
+                out[int(q)] = toks
+        return out
+
+    def never_chosen_in(self, q):
+        """Tokens of column ``q`` available with at least one other but never chosen (one
+        column of ``never_chosen``, without building it for every column)."""
+        a, b = self.id_ptr[q], self.id_ptr[q + 1]
+        if b - a < 2:  # a token alone in its column cannot lose
+            return np.zeros(0, np.int64)
+        return self.id_tokens[a:b][~self.chosen[a:b]].astype(np.int64)
 
     @property
     def n_identified(self):

@@ -15,7 +15,9 @@ holds runs in three steps of Dask tasks:
 
 The mixture (``MixtureCCMCEstimator``) runs steps 1 and 2 alike, then keeps every block on
 its worker for the whole EM: each iteration runs the blocks' E- and M-steps there and brings
-a few scalars per block to the driver.
+a few scalars per block to the driver.  So does the learned position bias
+(``PositionalCCMCEstimator`` without ``position_bias``): every L-BFGS evaluation sends the
+bias to the blocks and brings back each block's part of the objective and of its gradient.
 
 The driver receives the summaries and the fitted column blocks only, and merges them by
 concatenation (a column's parameters are contiguous, blocks are contiguous column ranges):
@@ -37,12 +39,13 @@ from numbers import Integral
 import numpy as np
 
 from ._columns import build_columns
-from ._solvers import ColumnSolution
+from ._solvers import ColumnSolution, column_ranges
 from ._stats import (
     check_covered,
     check_n_tokens,
     check_outputs,
     check_sample_weight,
+    n_threads,
     validate_prompts,
 )
 from .diagnostics import IdentifiabilityReport, report_from_columns, use_sparse
@@ -345,18 +348,6 @@ def _tree(dask, items, combine, fan_in=8):
 
 
 # --------------------------------------------------------------------------- step 2: shuffle
-def _bounds(load, n_tokens, n_blocks):
-    """Contiguous column blocks ``bounds[b]:bounds[b + 1]`` of similar work."""
-    work = np.zeros(n_tokens)
-    work[: load.size] = load
-    cum = np.cumsum(work)
-    if n_blocks <= 1 or cum[-1] == 0:
-        return np.array([0, n_tokens], np.int64)
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_blocks) / n_blocks) + 1
-    return np.unique(np.concatenate([[0], np.minimum(cuts, n_tokens), [n_tokens]])).astype(
-        np.int64)
-
-
 def _split(part, bounds):
     """The pairs of one partition split by column block (input order kept within a block)."""
     nb = bounds.size - 1
@@ -427,7 +418,8 @@ class _Block:
 def _fit_block(est, n_tokens, q0, q1, scale, dist_weight, *pieces):
     """Solve the columns ``q0:q1`` (all the pairs whose query lies there) on this worker."""
     flat, indptr, outputs, weight = gather_pairs(*pieces)
-    problem = build_columns(flat, indptr, n_tokens, outputs, weight, dist_weight)
+    problem = build_columns(flat, indptr, n_tokens, outputs, weight, dist_weight,
+                            n_jobs=n_threads(est.n_jobs))
     del flat, indptr, outputs, weight
     return solve_block(est, problem, q0, q1, scale)
 
@@ -440,6 +432,14 @@ def solve_block(est, problem, q0, q1, scale):
     else:
         theta = np.zeros(problem.n_params)
     solution = est._solve(problem, theta, scale)
+    return block_result(est, problem, theta, solution, q0, q1)
+
+
+def block_result(est, problem, theta, solution, q0, q1):
+    """What the fitted estimator needs of the solved columns ``q0:q1`` of ``problem``
+    (parameters ``theta``, ``solution``), with their part of the identifiability report;
+    shared by every fit that solves column blocks (the CCMC, and the learned position bias,
+    whose blocks solve many times before giving their last solution)."""
     report = report_from_columns(problem, dominant=est.alpha == 0)
     cols = slice(q0, q1)
     # Every parameter of this problem lies in columns q0:q1, so id_ptr[q0] is 0.
@@ -450,7 +450,8 @@ def solve_block(est, problem, q0, q1, scale):
         solution.status[cols].copy(), solution.information[cols], solution.information_diag,
         report.n_prompts[cols].copy(), report.n_components[cols].copy(), report.components,
         report.n_cooccur, np.zeros(q1 - q0, bool) if mle is None else mle[cols].copy(),
-        report.chosen, None if est.alpha != 0 else report.dominant or {},
+        np.zeros(problem.n_params, bool) if report.chosen is None else report.chosen,
+        None if est.alpha != 0 else report.dominant or {},
     )
 
 
@@ -575,7 +576,7 @@ def _validate_and_shuffle(dask, prompts, outputs, sample_weight, n_tokens, n_blo
         n_blocks = default_blocks(len(rows))
     elif isinstance(n_blocks, bool) or not isinstance(n_blocks, Integral) or n_blocks < 1:
         raise ValueError(f"n_blocks must be a positive integer, got {n_blocks!r}.")
-    bounds = _bounds(summary.load, n_tokens, int(n_blocks))
+    bounds = column_ranges(summary.load, n_tokens, int(n_blocks))
     split = dask.delayed(_split, nout=bounds.size - 1, pure=True)
     pieces = [split(p, bounds) for p in pairs]
     return _Shuffled(summary, n_tokens, bounds, pieces, len(rows))
@@ -584,12 +585,13 @@ def _validate_and_shuffle(dask, prompts, outputs, sample_weight, n_tokens, n_blo
 def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, position_bias=None):
     """Fit an estimator on Dask collections, on the current Dask scheduler.
 
-    What ``CCMCEstimator.fit`` and ``MixtureCCMCEstimator.fit`` run when they are given Dask
-    collections: validate the partitions on the workers, shuffle the pairs by query into
-    column blocks once, then fit the blocks on the workers.  A CCMC solves each block once
-    and the driver merges the fitted blocks; the mixture keeps each block on its worker for
-    the whole EM, the driver reducing a few scalars per block and iteration.  Call it
-    directly to choose the number of column blocks.
+    What the estimators' ``fit`` run when they are given Dask collections: validate the
+    partitions on the workers, shuffle the pairs by query into column blocks once, then fit
+    the blocks on the workers.  A CCMC solves each block once and the driver merges the
+    fitted blocks; the mixture keeps each block on its worker for the whole EM, the driver
+    reducing a few scalars per block and iteration, and the learned position bias keeps them
+    for its whole L-BFGS search (see :func:`_fit_positional`).  Call it directly to choose
+    the number of column blocks.
 
     Parameters
     ----------
@@ -608,7 +610,9 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
         (entries of their prompts); a block holds whole columns, so one query's pairs are
         never split.
     position_bias : array-like or None
-        Fixed position bias (``PositionalCCMCEstimator`` with ``position_bias`` given).
+        Fixed position bias of a ``PositionalCCMCEstimator``; None fits it with its own
+        ``position_bias``, learning the bias when that is None too (see
+        :func:`_fit_positional`).
 
     Returns
     -------
@@ -632,6 +636,11 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
             raise TypeError("position_bias applies to PositionalCCMCEstimator, not to "
                             "MixtureCCMCEstimator.")
         return _fit_mixture(estimator, prompts, outputs, sample_weight, n_blocks=n_blocks)
+    from .estimator import PositionalCCMCEstimator
+
+    if isinstance(estimator, PositionalCCMCEstimator) and position_bias is None:
+        # Its own bias, fixed or learned (the learned one runs _fit_positional).
+        return estimator._fit_dask(prompts, outputs, sample_weight, n_blocks=n_blocks)
     dask = _require_dask()
     from .estimator import weight_scale
 
@@ -669,6 +678,95 @@ def fit(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None, posit
     return estimator
 
 
+# --------------------------------------------------------------------------- the learned bias
+def _bias_block(est, n_tokens, q0, q1, scale, *pieces):
+    """The bias-search block of the columns ``q0:q1`` (all the pairs whose query lies there),
+    built on this worker from its pieces of every partition."""
+    from .estimator import _BiasBlock
+
+    flat, indptr, outputs, weight = gather_pairs(*pieces)
+    return _BiasBlock(est, flat, indptr, outputs, weight, n_tokens, q0, q1, scale)
+
+
+def _fit_positional(estimator, prompts, outputs, sample_weight=None, *, n_blocks=None):
+    """Fit a ``PositionalCCMCEstimator`` with a learned position bias on Dask collections.
+
+    The pairs are validated and shuffled by query into column blocks once, as for the CCMC
+    (see :func:`fit`); each block is then built on a worker and stays there for the whole
+    bias search, as a future.  The driver runs the in-memory fit's L-BFGS-B on the profile
+    objective ``F(b) = min_W objective(W, b)``: every evaluation sends ``b`` (``max_distance
+    + 1`` numbers) to the blocks, which re-weight their columns' counts, solve their columns
+    warm-started from their own previous solution and return their part of the objective (a
+    scalar) and of its gradient in ``b`` (a ``max_distance + 1`` vector); the driver adds
+    them.  After the search it receives the fitted column blocks of the best start and
+    concatenates them.  The in-memory fit runs the same code with a single block.
+
+    Without a ``distributed`` client the blocks are built by Dask's default scheduler and
+    the search runs in this process.
+
+    Parameters
+    ----------
+    estimator : PositionalCCMCEstimator
+        With ``position_bias=None``; fitted in place, with its own parameters.
+    prompts : dask.array.Array of shape (n, L)
+    outputs : dask.array.Array of shape (n,), or a NumPy array when the partition sizes of
+        ``prompts`` are known
+    sample_weight : dask.array.Array, array-like, float or None
+    n_blocks : int or None
+        Number of column blocks; by default one per worker thread (all blocks stay in memory
+        for the whole search, and every block costs two tasks per evaluation).
+
+    Returns
+    -------
+    estimator
+    """
+    dask = _require_dask()
+    from sklearn.base import clone
+
+    from .estimator import _BiasBlock, weight_scale
+    from .mixture import _InMemory
+
+    t0 = time.perf_counter()
+    estimator._validate_params()
+    data = _validate_and_shuffle(dask, prompts, outputs, sample_weight, estimator.n_tokens,
+                                 n_blocks, default_blocks=_mixture_blocks)
+    summary, n_tokens, bounds = data.summary, data.n_tokens, data.bounds
+    scale = weight_scale(np.array([summary.wmax]))
+    nb = bounds.size - 1
+    # The blocks need the parameters only (their solver), not a previous fit's arrays.
+    est = dask.delayed(clone(estimator), traverse=False)
+    blocks = [
+        dask.delayed(_bias_block, pure=True)(est, n_tokens, int(bounds[b]), int(bounds[b + 1]),
+                                             scale, *[p[b] for p in data.pieces])
+        for b in range(nb)
+    ]
+    client = _client()
+    if client is None:
+        run, blocks = _InMemory(), list(dask.compute(*blocks))
+    else:
+        run, blocks = _ClientRun(client), client.compute(blocks)
+    n_partitions = data.n_partitions
+    del data  # the blocks hold the pairs now: the validated partitions can go
+    b, states, path, n_outer = estimator._search_bias(run, blocks, scale)
+    fitted = run.values(run.map(_BiasBlock.result, blocks, states))
+    del states, blocks
+    report, theta, solution = _merge(fitted, n_tokens, estimator.sparse)
+    # Dask collections hold integer ids (validated on the workers): no token classes to keep.
+    estimator._token_classes = None
+    estimator._assemble(report, theta, solution, summary.wsum, bias=b,
+                        n_bias_params=b.size - 1, scale=scale)
+    estimator.objective_path_ = scale * np.array(path)
+    estimator.n_bias_iter_ = n_outer
+    estimator.position_bias_ = b
+    if estimator.verbose:
+        print(
+            f"{type(estimator).__name__} (Dask): {summary.n} prompts in {n_partitions} "
+            f"partitions, {nb} blocks, {n_outer} bias iterations, objective "
+            f"{estimator.objective_:.10g}, {time.perf_counter() - t0:.3f} s"
+        )
+    return estimator
+
+
 # --------------------------------------------------------------------------- the mixture's EM
 def _em_block(config, n_tokens, q0, q1, scale, *pieces):
     """The EM block of the columns ``q0:q1`` (all the pairs whose query lies there), built on
@@ -684,7 +782,8 @@ def _identity(x):
 
 
 class _ClientRun:
-    """Runs the mixture's per-block EM computations on a ``distributed`` cluster.
+    """Runs per-block computations (the mixture's EM, the bias search) on a ``distributed``
+    cluster.
 
     Every handle is a future: a block, its parameters and its E-steps stay on the worker that
     holds the block (the scheduler runs a task where most of its input bytes are); only what

@@ -2,7 +2,7 @@
 
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from numbers import Integral, Real
 
@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._columns import build_columns, columns_from_stats, csc_from_parts
 from ._kernels import bias_loglik
-from ._solvers import DENSE_MAX, MAX_ITER, solve_columns
+from ._solvers import DENSE_MAX, MAX_ITER, column_ranges, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
@@ -332,17 +332,18 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         """The fit of data whose column layout would be large: contiguous blocks of columns
         of similar size are laid out, solved and reduced to their results one at a time, so
         the memory is the data plus one block (the results are identical)."""
-        from .distributed import _bounds, _merge, solve_block
+        from .distributed import _merge, solve_block
 
         query = flat[indptr[1:] - 1]
         load = np.bincount(query, weights=np.diff(indptr) * (weight > 0), minlength=K)
         scale = weight_scale(weight)
         blocks = []
-        bounds = _bounds(load, K, n_blocks)
+        bounds = column_ranges(load, K, n_blocks)
         for q0, q1 in pairwise(bounds):
             w = np.where((query >= q0) & (query < q1), weight, 0.0)
             problem = build_columns(flat, indptr, K, outputs, w, n_jobs=n_threads(self.n_jobs))
             blocks.append(solve_block(self, problem, int(q0), int(q1), scale))
+            del problem, w  # the next layout replaces this one, not joins it
             if self.verbose:
                 print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
                       f"({len(blocks)} of {bounds.size - 1} blocks)")
@@ -410,6 +411,11 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         penalty = 0.5 * self.alpha * float(theta @ theta) + bias_penalty
         # Centre each column over its identified entries (the reported gauge).
         id_ptr, id_tokens = report.id_ptr, report.id_tokens
+        # One copy of the token ids serves the model, logits_, identified_ and the report:
+        # frozen before any of them takes a view, so that none can change the model.
+        for arr in (id_ptr, id_tokens, report.n_cooccur, report.chosen):
+            if arr is not None:
+                arr.setflags(write=False)
         sizes = np.diff(id_ptr)
         theta = centre_columns(theta.copy() if theta.base is not None else theta, id_ptr)
         self._columns = (id_ptr, id_tokens)
@@ -451,11 +457,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             return
         missing = np.flatnonzero(report.queried & ~report.mle_exists)
         if missing.size:
-            never = report.never_chosen
             detail = "; ".join(
-                f"column {q}: tokens {never[q].tolist()} never chosen"
+                f"column {q}: tokens {toks.tolist()} never chosen"
                 for q in missing[:5]
-                if q in never
+                if (toks := report.never_chosen_in(q)).size
             )
             warnings.warn(
                 "with alpha=0 the maximum-likelihood estimate does not exist (some logits "
@@ -746,32 +751,87 @@ class PositionalCCMCEstimator(CCMCEstimator):
         self._validate_params()
         if _any_dask(prompts, outputs, sample_weight):
             return self._fit_dask(prompts, outputs, sample_weight)
+        from .mixture import _InMemory
+
         prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
-        n_jobs = n_threads(self.n_jobs)
-        cd0 = build_columns(flat, indptr, K, outputs, weight, n_jobs=n_jobs)
         scale = weight_scale(weight)
-
-        def logits_step(b, theta):
-            # The layout does not depend on the bias: only the position-weighted counts change.
-            w = np.exp(b - b.max())
-            cd = cd0.with_count(build_columns(flat, indptr, K, outputs, weight, w,
-                                              n_jobs=n_jobs).count)
-            return cd, self._solve(cd, theta, scale)
+        # All the columns as one block: the Dask fit runs the same code on column blocks.
+        block = _BiasBlock(self, flat, indptr, outputs, weight, K, 0, K, scale)
+        del flat, indptr
 
         if self.position_bias is not None:
             b = check_position_bias(self.position_bias).copy()
-            theta = np.zeros(cd0.n_params)
-            cd, solution = logits_step(b, theta)
+            theta = np.zeros(block.layout.n_params)
+            cd, solution = block.solve(theta, b)
             self.objective_path_ = np.array([scale * solution.objective.sum()])
             self.n_bias_iter_ = 0
             self._store(cd, theta, solution, weight, bias=b, scale=scale)
             self.position_bias_ = b
             return self
 
+        b, (state,), path, n_outer = self._search_bias(_InMemory(), [block], scale)
+        del block
+        self.objective_path_ = scale * np.array(path)
+        self.n_bias_iter_ = n_outer
+        self._store(state.problem, state.theta, state.solution, weight, bias=b,
+                    n_bias_params=b.size - 1, scale=scale)
+        self.position_bias_ = b
+        return self
+
+    def _fit_dask(self, prompts, outputs, sample_weight, n_blocks=None):
+        """Fit Dask collections, partitioned by query.
+
+        A fixed bias leaves one convex problem per column, fitted like the plain CCMC (see
+        :func:`ccmc_estim.distributed.fit`).  A learned bias couples all columns at every
+        step of its search: the pairs are shuffled into column blocks once and kept on the
+        workers, and every evaluation of the profile objective sends the bias to the blocks
+        and brings back each block's part of the objective and of its gradient in the bias
+        (see :func:`ccmc_estim.distributed._fit_positional`); the driver runs the L-BFGS-B
+        of the in-memory fit on their sums.  Either way the fitted estimator is the same as
+        in memory (to rounding: the sums over blocks are rounded differently).
+        """
+        from . import distributed
+
+        if self.position_bias is None:
+            return distributed._fit_positional(self, prompts, outputs, sample_weight,
+                                               n_blocks=n_blocks)
+        b = check_position_bias(self.position_bias).copy()
+        distributed.fit(self, prompts, outputs, sample_weight, n_blocks=n_blocks,
+                        position_bias=b)
+        self.objective_path_ = np.array([self.objective_])
+        self.n_bias_iter_ = 0
+        self.position_bias_ = b
+        return self
+
+    def _search_bias(self, run, blocks, scale):
+        """The bias search over column blocks: the best of ``n_restarts`` L-BFGS-B starts.
+
+        Parameters
+        ----------
+        run : runner
+            Runs the blocks' methods: in this process (``mixture._InMemory``) or on a Dask
+            cluster (``distributed._ClientRun``).
+        blocks : list
+            Handles of :class:`_BiasBlock` covering the columns ``0..K-1``.
+        scale : float
+            The fit's weight scale (weights and penalty are divided by it).
+
+        Returns
+        -------
+        b : ndarray of shape (max_distance + 1,)
+            The fitted bias.
+        states : list
+            Handles of every block's :class:`_BiasState` at ``b``.
+        path : list of float
+            Scaled objective at the start and after every iteration of the best start.
+        n_outer : int
+            L-BFGS iterations of the best start.
+        """
         D = self.max_distance
         rng = check_random_state(self.random_state)
+        total = _sum_parts(run.values(run.map(_total_weight, blocks)))
         best = None
         for start in range(self.n_restarts):
             if start == 0:
@@ -780,62 +840,38 @@ class PositionalCCMCEstimator(CCMCEstimator):
                     b = self.position_bias_.copy()
             else:
                 b = np.concatenate([[0.0], rng.normal(0.0, 1.0, D)])
-            result = self._fit_joint(flat, indptr, outputs, weight / scale, cd0, b, logits_step,
-                                     start, scale)
+            result = self._fit_joint(run, blocks, b, start, scale, total)
             if best is None or result[0] < best[0]:
                 best = result
-        _, b, theta, cd, solution, path, n_outer = best
+        _, b, states, path, n_outer = best
         if n_outer >= self.bias_max_iter:
             warnings.warn(
                 f"the joint fit reached bias_max_iter={self.bias_max_iter} before bias_tol="
-                f"{self.bias_tol:g}; increase bias_max_iter.", ConvergenceWarning, stacklevel=2)
-        self.objective_path_ = scale * np.array(path)
-        self.n_bias_iter_ = n_outer
-        self._store(cd, theta, solution, weight, bias=b, n_bias_params=D, scale=scale)
-        self.position_bias_ = b
-        return self
+                f"{self.bias_tol:g}; increase bias_max_iter.", ConvergenceWarning, stacklevel=3)
+        return b, states, path, n_outer
 
-    def _fit_dask(self, prompts, outputs, sample_weight):
-        """A fixed bias leaves one convex problem per column, fitted on Dask like the plain
-        CCMC; a learned bias couples all columns at every L-BFGS step, which is in memory
-        only."""
-        if self.position_bias is None:
-            raise ValueError(
-                "PositionalCCMCEstimator learns its position bias in memory only (every step "
-                "of the bias search solves all columns): pass in-memory arrays, or fix the bias "
-                "(position_bias=...) to fit Dask collections, e.g. with the bias learned on a "
-                "sample that fits in memory.")
-        from . import distributed
-
-        b = check_position_bias(self.position_bias).copy()
-        distributed.fit(self, prompts, outputs, sample_weight, position_bias=b)
-        self.objective_path_ = np.array([self.objective_])
-        self.n_bias_iter_ = 0
-        self.position_bias_ = b
-        return self
-
-    def _fit_joint(self, flat, indptr, outputs, weight, cd0, b, logits_step, start, scale):
+    def _fit_joint(self, run, blocks, b, start, scale, total):
         """One start: L-BFGS on the profile objective ``F(b) = min_W objective(W, b)`` (with
-        weights and penalty divided by ``scale``).
+        weights and penalty divided by ``scale``; ``total`` is the scaled total weight).
 
-        Every evaluation solves the convex problem in the logits (warm-started); by the envelope
-        theorem the gradient of ``F`` is the partial gradient in ``b`` at that solution.  The
-        line search accepts only iterates that lower ``F``, so the recorded path never
-        increases.
+        Every evaluation has every block solve its columns (warm-started from its previous
+        solution) and return its part of ``F`` and of the partial gradient in ``b`` at that
+        solution, which by the envelope theorem is the gradient of ``F``; only these sums
+        couple the blocks.  The line search accepts only iterates that lower ``F``, so the
+        recorded path never increases.
         """
-        theta = np.zeros(cd0.n_params)
-        query = flat[indptr[1:] - 1]
-        grad = np.empty(b.size)
+        states = [None] * len(blocks)
         last = {}
 
         def profile(free):
+            nonlocal states
             bb = np.concatenate([[0.0], free])
-            cd, solution = logits_step(bb, theta)
+            states = run.map(_BiasBlock.evaluate, blocks, states, bb)
+            parts = run.values(run.map(_bias_parts, states))
             alpha = self.alpha / scale
-            f = float(solution.objective.sum()) + 0.5 * alpha * float(bb @ bb)
-            bias_loglik(flat, indptr, query, outputs, weight, cd.id_ptr, cd.id_tokens, theta, bb,
-                        grad)
-            last.update(x=free.copy(), f=f, cd=cd, solution=solution)
+            f = _sum_parts(p[0] for p in parts) + 0.5 * alpha * float(bb @ bb)
+            grad = np.array([_sum_parts(p[1][d] for p in parts) for d in range(bb.size)])
+            last.update(x=free.copy(), f=f, states=states)
             return f, -grad[1:] + alpha * bb[1:]
 
         path = [profile(b[1:].copy())[0]]
@@ -848,9 +884,114 @@ class PositionalCCMCEstimator(CCMCEstimator):
 
         res = minimize(profile, b[1:].copy(), jac=True, method="L-BFGS-B", callback=record,
                        options={"maxiter": self.bias_max_iter,
-                                "gtol": self.tol * max(1.0, float(weight.sum())),
+                                "gtol": self.tol * max(1.0, total),
                                 "ftol": self.bias_tol})
         if not np.array_equal(last["x"], res.x):
             profile(res.x)
         b = np.concatenate([[0.0], res.x])
-        return last["f"], b, theta, last["cd"], last["solution"], path, int(res.nit)
+        return last["f"], b, last["states"], path, int(res.nit)
+
+
+def _sum_parts(values):
+    """Sum of the blocks' parts, exactly rounded (independent of the blocks' order); a single
+    part is returned as it is, which keeps the in-memory fit's arithmetic."""
+    from .mixture import _sum
+
+    return _sum(values)
+
+
+def _nbytes(*arrays):
+    return sum(a.nbytes for a in arrays if a is not None)
+
+
+@dataclass(eq=False)
+class _BiasState:
+    """A block's columns solved at one bias: their parameters, position-weighted columns and
+    solution, with the block's part of the profile objective and of the log-likelihood's
+    gradient in the bias (weights divided by the fit's scale)."""
+
+    theta: np.ndarray
+    problem: object
+    solution: object
+    objective: float
+    grad: np.ndarray
+
+    def __sizeof__(self):
+        # What Dask counts for a state held on a worker (the layout is the block's).
+        return object.__sizeof__(self) + _nbytes(
+            self.theta, self.grad, self.problem.count, self.solution.information_diag,
+            *self.solution.information)
+
+
+class _BiasBlock:
+    """The pairs of the query columns ``q0:q1`` and the bias search's maths on them.
+
+    Every method is a pure function of the block and its arguments (it returns new arrays),
+    so that a Dask fit can keep a block on a worker and recompute lost results from their
+    lineage.  The in-memory fit is the case of one block holding all the columns.
+
+    Parameters
+    ----------
+    est : PositionalCCMCEstimator
+        Its parameters (``alpha``, ``tol``, ``solver``, ...) and solver.
+    flat, indptr : ndarray
+        Validated prompts (int32 tokens, int64 pointers) with queries in ``q0:q1``.
+    outputs : ndarray of int64
+        Outputs, each in its prompt.
+    weight : ndarray of float64
+        Non-negative weights (not divided by ``scale``).
+    n_tokens : int
+    q0, q1 : int
+        The block's columns.
+    scale : float
+        The fit's weight scale.
+    """
+
+    def __init__(self, est, flat, indptr, outputs, weight, n_tokens, q0, q1, scale):
+        self.est, self.K, self.q0, self.q1, self.scale = est, n_tokens, int(q0), int(q1), scale
+        self.flat, self.indptr, self.outputs, self.weight = flat, indptr, outputs, weight
+        self.query = flat[indptr[1:] - 1]
+        self.scaled = weight / scale
+        self.n_jobs = n_threads(est.n_jobs)
+        # The layout does not depend on the bias: only the position-weighted counts change.
+        self.layout = build_columns(flat, indptr, n_tokens, outputs, weight,
+                                    n_jobs=self.n_jobs)
+
+    def __sizeof__(self):  # see distributed._Part.__sizeof__
+        layout = [v for v in vars(self.layout).values() if isinstance(v, np.ndarray)]
+        return object.__sizeof__(self) + _nbytes(
+            self.flat, self.indptr, self.outputs, self.weight, self.query, self.scaled, *layout)
+
+    def solve(self, theta, b):
+        """The columns with counts weighted by the bias ``b``, and their solution from
+        ``theta`` (solved in place)."""
+        w = np.exp(b - b.max())
+        cd = self.layout.with_count(build_columns(self.flat, self.indptr, self.K, self.outputs,
+                                                  self.weight, w, n_jobs=self.n_jobs).count)
+        return cd, self.est._solve(cd, theta, self.scale)
+
+    def evaluate(self, previous, b):
+        """The :class:`_BiasState` at ``b``, warm-started from ``previous`` (None: from 0)."""
+        theta = (np.zeros(self.layout.n_params) if previous is None
+                 else previous.theta.copy())
+        cd, solution = self.solve(theta, b)
+        grad = np.empty(b.size)
+        bias_loglik(self.flat, self.indptr, self.query, self.outputs, self.scaled, cd.id_ptr,
+                    cd.id_tokens, theta, b, grad)
+        return _BiasState(theta, cd, solution, float(solution.objective.sum()), grad)
+
+    def result(self, state):
+        """The fitted columns at ``state``, as the Dask fit merges them."""
+        from .distributed import block_result
+
+        return block_result(self.est, state.problem, state.theta, state.solution, self.q0,
+                            self.q1)
+
+
+def _total_weight(block):
+    return float(block.scaled.sum())
+
+
+def _bias_parts(state):
+    """What the driver needs of a block's state: its objective and gradient parts."""
+    return state.objective, state.grad

@@ -866,7 +866,8 @@ class _EMBlock:
         # Prompts holding only the unknown token have nothing to copy: their lam is 0.
         copyable = (np.ones(n, bool) if unk is None or n == 0
                     else np.logical_or.reduceat(flat != unk, indptr[:-1]))
-        problem = build_columns(flat, indptr, K, y, np.where(covered, w, 0.0))
+        problem = build_columns(flat, indptr, K, y, np.where(covered, w, 0.0),
+                                n_jobs=self.n_jobs)
         if unk is not None:
             col = np.repeat(np.arange(K), np.diff(problem.col_ptr))
             entry_col = np.repeat(col, np.diff(problem.indptr))

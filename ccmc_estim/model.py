@@ -54,7 +54,11 @@ def _check_logits(logits, copy=True):
             raise ValueError(f"logits must be finite; logits[{idx[bad[0]]}, {q}] = "
                              f"{val[bad[0]]}.")
         for arr in (ptr, idx, val):
-            arr.setflags(write=False)
+            # Frozen down to the array that owns the memory: without a copy, the estimators
+            # share the token ids with their reports and identified_ masks.
+            while isinstance(arr, np.ndarray):
+                arr.setflags(write=False)
+                arr = arr.base
         return ptr, idx, val
     # A private copy: the model is immutable.
     logits = np.array(logits, dtype=np.float64) if copy else np.asarray(logits, np.float64)

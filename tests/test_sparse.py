@@ -176,6 +176,24 @@ def test_pickled_models_stay_read_only():
     assert s == CCMC(sparse.csc_array(np.eye(3)))
 
 
+@pytest.mark.parametrize("storage", [True, False])
+def test_fitted_arrays_shared_with_the_model_are_read_only(storage):
+    """The model, logits_, identified_ and the report share one copy of the token ids: none of
+    them can be used to change the fitted model."""
+    X, y, _ = make_ccmc_data(2000, 30, 8, random_state=0)
+    est = CCMCEstimator(sparse=storage).fit(X, y)
+    before = est.predict_log_proba(X[:50])
+    rep = est.identifiability_
+    targets = [rep.id_tokens, rep.id_ptr, rep.n_cooccur, rep.chosen]
+    if storage:
+        targets += [est.identified_.indices, est.logits_.indices, est.logits_.data]
+    for arr in targets:
+        with pytest.raises(ValueError, match="read-only"):
+            arr[:1] = 0
+    after = est.predict_log_proba(X[:50])
+    assert (after != before).nnz == 0 if storage else np.array_equal(after, before)
+
+
 def test_diagonal_standard_errors_against_exact():
     """The diagonal approximation used for columns above 300 identified logits, measured
     against the exact centred covariance on columns where both are computable."""
