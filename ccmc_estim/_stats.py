@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from numbers import Integral
+from operator import attrgetter
 
 import numpy as np
 from scipy.sparse import issparse
@@ -121,8 +122,11 @@ def flatten_prompts(prompts):
     seqs = list(prompts)
     if not seqs:
         raise ValueError("prompts is empty: at least one prompt is required.")
-    # Fast path: integer arrays, one per prompt; anything else gets the checks below.
-    if all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype.kind in "iu" for p in seqs):
+    # Fast path: integer arrays, one per prompt; anything else gets the checks below.  Sets
+    # of types, ranks and dtypes are built at C speed (a generator over 50,000 prompts is a
+    # tenth of a small fit).
+    if (set(map(type, seqs)) == {np.ndarray} and set(map(attrgetter("ndim"), seqs)) == {1}
+            and all(dt.kind in "iu" for dt in set(map(attrgetter("dtype"), seqs)))):
         lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
         if lengths.min() > 0:
             indptr = np.zeros(len(seqs) + 1, np.int64)
