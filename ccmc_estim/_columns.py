@@ -64,27 +64,17 @@ class ColumnProblem:
         """Query (column) of every parameter."""
         return np.repeat(np.arange(self.n_tokens, dtype=np.int32), np.diff(self.id_ptr))
 
-    def column(self, q):
-        """``(indptr, local, count, y_entry, weight)`` of column ``q``, entries from 0."""
-        a, b = self.col_ptr[q], self.col_ptr[q + 1]
-        e0, e1 = self.indptr[a], self.indptr[b]
-        y = self.y_entry[a:b] - e0 if self.y_entry.size else self.y_entry
-        return (self.indptr[a : b + 1] - e0, self.local[e0:e1], self.count[e0:e1], y,
-                self.weight[a:b])
-
     def with_count(self, count):
         return replace(self, count=count)
 
     # ------------------------------------------------------------------ values by column
     def to_csc(self, values):
         """``(K, K)`` CSC array holding one value per parameter (zeros stored explicitly)."""
-        K = self.n_tokens
-        return csc_from_parts(values, self.id_tokens, self.id_ptr, K)
+        return by_column(values, self.id_tokens, self.id_ptr, self.n_tokens, sparse=True)
 
     def to_dense(self, values, fill=0.0):
-        out = np.full((self.n_tokens, self.n_tokens), fill, dtype=np.asarray(values).dtype)
-        out[self.id_tokens, self.id_query] = values
-        return out
+        return by_column(values, self.id_tokens, self.id_ptr, self.n_tokens, sparse=False,
+                         fill=fill)
 
     def gather(self, logits):
         """The parameters' values in dense or sparse ``(K, K)`` logits (0 where not stored)."""
@@ -92,6 +82,17 @@ class ColumnProblem:
             ptr, idx, val = csc_parts(logits)
             return _kernels.csc_gather(ptr, idx, val, self.id_ptr, self.id_tokens)
         return np.ascontiguousarray(logits[self.id_tokens, self.id_query], dtype=np.float64)
+
+
+def by_column(values, id_tokens, id_ptr, n_tokens, sparse, fill=0.0):
+    """``(K, K)`` array of one value per identified entry, given in the column layout
+    ``(id_ptr, id_tokens)``: a CSC array that shares ``values`` and ``id_tokens``, or a dense
+    array whose other entries are ``fill`` (the one place values by column become a matrix)."""
+    if sparse:
+        return csc_from_parts(values, id_tokens, id_ptr, n_tokens)
+    out = np.full((n_tokens, n_tokens), fill, dtype=np.asarray(values).dtype)
+    out[id_tokens, np.repeat(np.arange(n_tokens), np.diff(id_ptr))] = values
+    return out
 
 
 def csc_from_parts(values, indices, indptr, n_tokens):

@@ -7,7 +7,7 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.utils.validation import check_is_fitted
 
-from ._columns import build_columns, csc_from_parts
+from ._columns import build_columns, by_column
 from ._graphs import closed_components, components
 from ._kernels import column_graphs
 from ._stats import (
@@ -202,12 +202,7 @@ class IdentifiabilityReport:
         return np.diff(self.id_ptr)
 
     def _matrix(self, values):
-        K = self.n_tokens
-        if self.sparse:
-            return csc_from_parts(values, self.id_tokens, self.id_ptr, K)
-        out = np.zeros((K, K), values.dtype)
-        out[self.id_tokens, np.repeat(np.arange(K), self.n_identified)] = values
-        return out
+        return by_column(values, self.id_tokens, self.id_ptr, self.n_tokens, self.sparse)
 
     @property
     def cooccurrence(self):

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from ._columns import build_columns, columns_from_stats, csc_from_parts
+from ._columns import build_columns, by_column, columns_from_stats
 from ._kernels import bias_loglik
 from ._solvers import DENSE_MAX, MAX_ITER, column_ranges, solve_columns
 from ._stats import (
@@ -416,14 +416,9 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         for arr in (id_ptr, id_tokens, report.n_cooccur, report.chosen):
             if arr is not None:
                 arr.setflags(write=False)
-        sizes = np.diff(id_ptr)
         theta = centre_columns(theta.copy() if theta.base is not None else theta, id_ptr)
         self._columns = (id_ptr, id_tokens)
-        if sparse:
-            logits = csc_from_parts(theta, id_tokens, id_ptr, K)
-        else:
-            logits = np.zeros((K, K))
-            logits[id_tokens, np.repeat(np.arange(K), sizes)] = theta
+        logits = by_column(theta, id_tokens, id_ptr, K, sparse)
         del theta
         self.identified_ = report.identified
         # The model takes the fresh logits without a defensive copy; logits_ is its view.
@@ -486,11 +481,8 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         """Per-parameter values in the storage of ``logits_`` (sparse: missing = ``fill``)."""
         id_ptr, id_tokens = self._columns
         K = self.n_tokens_
-        if sp.issparse(self.logits_):
-            return csc_from_parts(values, id_tokens, id_ptr, K)
-        out = np.full((K, K), fill)
-        out[id_tokens, np.repeat(np.arange(K), np.diff(id_ptr))] = values
-        return out
+        return by_column(np.asarray(values, np.float64), id_tokens, id_ptr, K,
+                         sp.issparse(self.logits_), fill)
 
     @property
     def logits_se_(self):

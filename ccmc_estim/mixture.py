@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels
-from ._columns import build_columns, csc_from_parts
+from ._columns import build_columns, by_column
 from ._solvers import balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
@@ -647,11 +647,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         np.cumsum(id_sizes, out=id_ptr[1:])
         id_tokens = cat([b.id_tokens for b in blocks])
         theta = cat([b.theta for b in blocks])
-        if use_sparse(self.sparse, K, theta.size):
-            logits = csc_from_parts(theta, id_tokens, id_ptr, K)
-        else:
-            logits = np.zeros((K, K))
-            logits[id_tokens, np.repeat(np.arange(K, dtype=np.int32), id_sizes)] = theta
+        logits = by_column(theta, id_tokens, id_ptr, K, use_sparse(self.sparse, K, theta.size))
         lam = cat([b.lam for b in blocks])
         keys = cat([b.keys for b in blocks])
         c = cat([b.c for b in blocks])
