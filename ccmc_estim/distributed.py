@@ -724,7 +724,6 @@ def _fit_positional(estimator, prompts, outputs, sample_weight=None, *, n_blocks
     from sklearn.base import clone
 
     from .estimator import _BiasBlock, weight_scale
-    from .mixture import _InMemory
 
     t0 = time.perf_counter()
     estimator._validate_params()
@@ -740,11 +739,7 @@ def _fit_positional(estimator, prompts, outputs, sample_weight=None, *, n_blocks
                                              scale, *[p[b] for p in data.pieces])
         for b in range(nb)
     ]
-    client = _client()
-    if client is None:
-        run, blocks = _InMemory(), list(dask.compute(*blocks))
-    else:
-        run, blocks = _ClientRun(client), client.compute(blocks)
+    run, blocks = _kept_blocks(dask, blocks)
     n_partitions = data.n_partitions
     del data  # the blocks hold the pairs now: the validated partitions can go
     b, states, path, n_outer = estimator._search_bias(run, blocks, scale)
@@ -810,6 +805,18 @@ class _ClientRun:
         return self.client.submit(_identity, value, pure=False)
 
 
+def _kept_blocks(dask, blocks):
+    """``(run, handles)`` of column blocks built by the delayed ``blocks`` and kept for many
+    rounds of work: futures on the workers of the current client, or objects in this process
+    under Dask's default scheduler."""
+    from .mixture import _InMemory
+
+    client = _client()
+    if client is None:
+        return _InMemory(), list(dask.compute(*blocks))
+    return _ClientRun(client), client.compute(blocks)
+
+
 def _client():
     """The current ``distributed`` client, or None (Dask's default scheduler)."""
     if "distributed" not in sys.modules:
@@ -872,7 +879,7 @@ def _fit_mixture(estimator, prompts, outputs, sample_weight=None, *, n_blocks=No
     True
     """
     dask = _require_dask()
-    from .mixture import MixtureCCMCEstimator, _InMemory, _weight_scale
+    from .mixture import MixtureCCMCEstimator, _weight_scale
 
     if not isinstance(estimator, MixtureCCMCEstimator):
         raise TypeError(f"this fits a MixtureCCMCEstimator, got "
@@ -892,11 +899,7 @@ def _fit_mixture(estimator, prompts, outputs, sample_weight=None, *, n_blocks=No
                                            *[p[b] for p in data.pieces])
         for b in range(nb)
     ]
-    client = _client()
-    if client is None:
-        run, blocks = _InMemory(), list(dask.compute(*blocks))
-    else:
-        run, blocks = _ClientRun(client), client.compute(blocks)
+    run, blocks = _kept_blocks(dask, blocks)
     where = f" (Dask, {data.n_partitions} partitions, {nb} blocks)"
     n_pairs = data.summary.n
     del data  # the blocks hold the pairs now: the validated partitions can go
