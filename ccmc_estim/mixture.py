@@ -438,7 +438,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         tuning) or a fixed Dirichlet weight.
     copy_prior : (float, float), default=(1.0, 1.0)
         ``(a, b)``: ``lam_q = (sum_q w r + a) / (sum_q w + a + b)``, a Beta prior that keeps
-        every copy weight inside (0, 1).
+        every copy weight inside (0, 1); ``(0, 0)`` gives the maximum-likelihood weights (1/2
+        for a query without copyable pairs, where nothing determines it).
     copy_weight : {"per_query", "shared"}, default="per_query"
         One copy weight per query, or one for all (the cache model's form).
     unknown_id : int or None, default=None
@@ -818,6 +819,16 @@ def _sizeof(obj, *more):
     return object.__sizeof__(obj) + sum(a.nbytes for a in arrays)
 
 
+def _copy_weight(wr, n, a, b):
+    """The copy weight's M-step ``(wr + a) / (n + a + b)``, the Beta posterior mode; 1/2 where
+    neither data nor prior say anything (no copyable pair and ``a = b = 0``), as the default
+    prior gives there."""
+    num, den = np.broadcast_arrays(np.asarray(wr + a, np.float64), np.asarray(n + a + b,
+                                                                             np.float64))
+    lam = np.divide(num, den, out=np.full(den.shape, 0.5), where=den > 0)
+    return _clip_lam(lam)
+
+
 def _clip_lam(lam):
     return np.clip(lam, 1e-300, 1.0 - 1e-16)  # keeps log(1 - lam) finite with a = b = 0
 
@@ -975,8 +986,8 @@ class _EMBlock:
         wr = np.bincount(self.ql, weights=self.w * r, minlength=self.nq)
         if cfg.shared:
             return _Params(theta, None, self.base_counts(r), float(wr.sum()))
-        lam = _clip_lam((wr + cfg.a) / (self.n_per_query + cfg.a + cfg.b))
-        return _Params(theta, lam, self.base_counts(r))
+        return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b),
+                       self.base_counts(r))
 
     def step(self, params, evaluation=None, quiet=False):
         """One GEM iteration from ``params``: the E-step (unless ``evaluation`` holds it),
@@ -1123,7 +1134,7 @@ class _EM:
         cfg = self.config
         if cfg.shared:
             wr = _sum(self.run.values(self.run.map(_wr, params)))
-            lam = float(_clip_lam((wr + cfg.a) / (self.n_copyable + cfg.a + cfg.b)))
+            lam = float(_copy_weight(wr, self.n_copyable, cfg.a, cfg.b))
             params = self.run.map(_EMBlock.with_lam, self.blocks, params, lam)
         return _Point(params)
 

@@ -234,3 +234,16 @@ def test_zero_weight_removes_the_sample():
     np.testing.assert_array_equal(a.objective_trace_, b.objective_trace_)
     np.testing.assert_array_equal(a.base_chain_.toarray(), b.base_chain_.toarray())
     assert (a.n_free_params_, a.bic_) == (b.n_free_params_, b.bic_)
+
+
+def test_improper_copy_prior_with_unseen_queries():
+    """With copy_prior=(0, 0) a query without copyable pairs has no copy weight from data or
+    prior: it gets 1/2 (what the default prior gives) instead of NaN."""
+    X = np.array([[1, 2, 0], [2, 1, 0], [0, 1, 2]])
+    y = np.array([1, 3, 2])
+    est = MixtureCCMCEstimator(copy_prior=(0, 0), n_tokens=5, max_iter=500).fit(X, y)
+    lam = est.copy_weight_
+    np.testing.assert_array_equal(lam[[1, 3, 4]], 0.5)  # never a query
+    assert np.isfinite(lam).all() and np.isfinite(est.score(X, y))
+    # Where there are data the weight is their maximum-likelihood value.
+    assert lam[0] < 1e-6 and lam[2] > 1 - 1e-6
