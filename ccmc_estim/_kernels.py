@@ -140,23 +140,27 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
     return nd, tokens, counts
 
 
+@njit(cache=True, nogil=True)
+def _lower_bound(a, lo, hi, x):
+    """First index in ``a[lo:hi]`` (sorted) whose value is at least ``x``, or ``hi``."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @njit(cache=True)
 def output_entries(indptr, tokens, outputs):
     """Entry index of each output inside its prompt's (sorted) tokens, -1 where absent."""
     n = indptr.size - 1
     out = np.full(n, -1, np.int64)
     for i in range(n):
-        lo = indptr[i]
-        hi = indptr[i + 1]
-        y = outputs[i]
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if tokens[mid] < y:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < indptr[i + 1] and tokens[lo] == y:
-            out[i] = lo
+        j = _lower_bound(tokens, indptr[i], indptr[i + 1], outputs[i])
+        if j < indptr[i + 1] and tokens[j] == outputs[i]:
+            out[i] = j
     return out
 
 
@@ -241,13 +245,7 @@ def csc_lookup(indptr, indices, data, k, q, lo):
     """``(W[k, q], position)`` of CSC logits with sorted row indices, searching column ``q``
     from position ``lo`` on (callers visit rows in increasing order); 0 when not stored (the
     column centre)."""
-    hi = indptr[q + 1]
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if indices[mid] < k:
-            lo = mid + 1
-        else:
-            hi = mid
+    lo = _lower_bound(indices, lo, indptr[q + 1], k)
     if lo < indptr[q + 1] and indices[lo] == k:
         return data[lo], lo
     return 0.0, lo
