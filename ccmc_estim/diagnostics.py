@@ -632,10 +632,8 @@ def compare_models(estimator, prompts_train, outputs_train, prompts_test, output
     log_base = chain.log_proba(q_test, y_test)
     log_uni = np.log(chain.unigram[y_test])
     if mixture:
-        log_model = estimator.score_samples(prompts_test, y_test)
-        stats, logp = estimator.model_._parts(prompts_test)
-        e = stats.output_entries(y_test)
-        log_ccmc = np.where((e >= 0) & found, logp[np.maximum(e, 0)], -np.inf)
+        log_model, log_copy = estimator.model_._pair_log_proba(prompts_test, y_test)
+        log_ccmc = np.where(found, log_copy, -np.inf)
     else:
         log_ccmc = estimator.score_samples(prompts_test, y_test)
 

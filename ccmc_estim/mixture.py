@@ -298,14 +298,20 @@ class MixtureCCMC:
 
     def log_likelihood(self, prompts, outputs):
         """``log P(y | prompt)`` of each pair, shape ``(n,)``; finite for every token."""
+        return self._pair_log_proba(prompts, outputs)[0]
+
+    def _pair_log_proba(self, prompts, outputs):
+        """``log P(y | prompt)`` of each pair and the log-probability of its copy part alone
+        (``-inf`` where the output cannot be copied), from one pass over the prompts."""
         stats, logp = self._parts(prompts)
         y = check_outputs(outputs, stats.n_prompts, self.n_tokens)
         entries = stats.output_entries(y)
         with np.errstate(divide="ignore"):
             log_c = np.where(entries >= 0, logp[np.maximum(entries, 0)], -np.inf)
             lam = self._lam(stats)
-            return np.logaddexp(np.log(lam) + log_c,
-                                np.log1p(-lam) + self.base_chain.log_proba(stats.query, y))
+            log_p = np.logaddexp(np.log(lam) + log_c,
+                                 np.log1p(-lam) + self.base_chain.log_proba(stats.query, y))
+        return log_p, log_c
 
     def predict_proba(self, prompts):
         """Next-token distribution of each prompt, a dense ``(n, K)`` array (every token has
