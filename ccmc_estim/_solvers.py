@@ -158,6 +158,33 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
     return d
 
 
+@njit(cache=True, nogil=True)
+def _count_start(indptr, local, y_entry, weight, unit, theta, chosen, offered):
+    """A start for a column from its counts: ``log((chosen + unit / 2) / (offered + unit))``
+    per token, centred, where ``offered`` is the weight of the prompts that hold the token and
+    ``chosen`` of those whose output it is.  ``unit`` is the column's total weight over its
+    number of logits, so that the start, like the solution, is the same for weights scaled
+    alike and for a weight of 2 and a duplicated sample.  Up to the pseudo-counts it is the
+    exact solution when every prompt offers the same tokens; from it Newton needs a step or
+    two fewer than from zero (measured on the README's M workload).  ``chosen`` and
+    ``offered`` are scratch space."""
+    n = theta.size
+    for k in range(n):
+        chosen[k] = 0.0
+        offered[k] = 0.0
+    for r in range(indptr.size - 1):
+        for j in range(indptr[r], indptr[r + 1]):
+            offered[local[j]] += weight[r]
+        chosen[local[y_entry[r]]] += weight[r]
+    mean = 0.0
+    for k in range(n):
+        theta[k] = np.log((chosen[k] + 0.5 * unit) / (offered[k] + unit))
+        mean += theta[k]
+    mean /= n
+    for k in range(n):
+        theta[k] -= mean
+
+
 #: Values of ``kind`` (see :func:`_solve_columns`).
 NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
@@ -170,18 +197,18 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
     """
-    alpha, tol, max_iter = settings
+    alpha, tol, max_iter, cold = settings
     cg = use_cg[cols]
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
-            _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), *out,
-                           info_offsets, info, info_diag, kind)
+            _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), cold,
+                           *out, info_offsets, info, info_diag, kind)
 
 
 @njit(cache=True, nogil=True)
 def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr, theta,
-                   alpha, tol, max_iter, objective, n_iter, status, info_offsets, info, info_diag,
-                   kind):
+                   alpha, tol, max_iter, cold, objective, n_iter, status, info_offsets, info,
+                   info_diag, kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -227,6 +254,8 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         for r in range(b - a):
             total += w[r]
         scale = total if total > 1.0 else 1.0
+        if cold:
+            _count_start(ip, local, y, w, total / n, theta_q, trial, grad_t)
         gtol = tol * scale
         f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob)
         for k in range(n):
@@ -370,7 +399,8 @@ class ColumnSolution:
     information_diag: np.ndarray
 
 
-def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0):
+def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
+                  cold_start=False):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -378,6 +408,9 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     problem : ColumnProblem
     theta : ndarray of float64, shape (problem.n_params,)
         Starting point, overwritten with the solution.
+    cold_start : bool
+        Start every column from its counts (see :func:`_count_start`) rather than from
+        ``theta``, whose values are then ignored.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads run by joblib's threading backend (the compiled solver releases
@@ -418,7 +451,7 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     info_offsets = np.where(want, np.cumsum(blocks) - blocks, -1)
     info = np.empty(int(blocks.sum()))
     info_diag = np.empty(cd.n_params if info_max >= 0 else 0)  # info_max < 0: none at all
-    settings = (float(alpha), float(tol), int(max_iter))
+    settings = (float(alpha), float(tol), int(max_iter), bool(cold_start))
     out = (objective, n_iter, status)
     args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag)
     run_threads(_solve_chunk, balanced_chunks(cols, cost, n_jobs), *args)

@@ -264,9 +264,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         "verbose": [number(Integral, 0, None, closed="left"), "boolean"],
     }
 
-    def _solve(self, problem, theta, scale=1.0):
+    def _solve(self, problem, theta, scale=1.0, cold_start=False):
         """Solve every column in place (the convex problem in the logits), with the weights
-        and the penalty divided by ``scale``."""
+        and the penalty divided by ``scale``; with ``cold_start``, from the counts rather than
+        from ``theta``."""
         if scale != 1.0:
             problem = replace(problem, weight=problem.weight / scale)
         return solve_columns(
@@ -278,6 +279,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             solver=self.solver,
             n_jobs=n_threads(self.n_jobs),
             info_max=DENSE_MAX,
+            cold_start=cold_start,
         )
 
     # ------------------------------------------------------------------ fit
@@ -367,14 +369,12 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         return self._fit_problem(problem, weight, time.perf_counter())
 
     def _fit_problem(self, problem, weight, t0):
-        if self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens:
-            theta = problem.gather(self.logits_)
-        else:
-            theta = np.zeros(problem.n_params)
+        warm = self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens
+        theta = problem.gather(self.logits_) if warm else np.empty(problem.n_params)
         # Any finite weights work: the solver sees weights scaled to at most 1 when they are
         # huge (the minimiser is unchanged, the penalty scaled alike).
         scale = weight_scale(weight)
-        solution = self._solve(problem, theta, scale)
+        solution = self._solve(problem, theta, scale, cold_start=not warm)
         self._stage(f"solved {int((np.diff(problem.col_ptr) > 0).sum())} columns, at most "
                     f"{int(solution.n_iter.max(initial=0))} Newton iterations", t0)
         self._store(problem, theta, solution, weight, scale=scale)
@@ -755,8 +755,8 @@ class PositionalCCMCEstimator(CCMCEstimator):
 
         if self.position_bias is not None:
             b = check_position_bias(self.position_bias).copy()
-            theta = np.zeros(block.layout.n_params)
-            cd, solution = block.solve(theta, b)
+            theta = np.empty(block.layout.n_params)
+            cd, solution = block.solve(theta, b, cold_start=True)
             self.objective_path_ = np.array([scale * solution.objective.sum()])
             self.n_bias_iter_ = 0
             self._store(cd, theta, solution, weight, bias=b, scale=scale)
@@ -954,19 +954,20 @@ class _BiasBlock:
         return object.__sizeof__(self) + _nbytes(
             self.flat, self.indptr, self.outputs, self.weight, self.query, self.scaled, *layout)
 
-    def solve(self, theta, b):
+    def solve(self, theta, b, cold_start=False):
         """The columns with counts weighted by the bias ``b``, and their solution from
-        ``theta`` (solved in place)."""
+        ``theta`` (solved in place; from the counts with ``cold_start``)."""
         w = np.exp(b - b.max())
         cd = self.layout.with_count(build_columns(self.flat, self.indptr, self.K, self.outputs,
                                                   self.weight, w, n_jobs=self.n_jobs).count)
-        return cd, self.est._solve(cd, theta, self.scale)
+        return cd, self.est._solve(cd, theta, self.scale, cold_start)
 
     def evaluate(self, previous, b):
-        """The :class:`_BiasState` at ``b``, warm-started from ``previous`` (None: from 0)."""
-        theta = (np.zeros(self.layout.n_params) if previous is None
+        """The :class:`_BiasState` at ``b``, warm-started from ``previous`` (None: from the
+        counts)."""
+        theta = (np.empty(self.layout.n_params) if previous is None
                  else previous.theta.copy())
-        cd, solution = self.solve(theta, b)
+        cd, solution = self.solve(theta, b, cold_start=previous is None)
         grad = np.empty(b.size)
         bias_loglik(self.flat, self.indptr, self.query, self.outputs, self.scaled, cd.id_ptr,
                     cd.id_tokens, theta, b, grad)

@@ -39,17 +39,17 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class SlowCCMCEstimator(CCMCEstimator):
     """Solves each column block slowly, so that a worker can be killed mid-fit."""
 
-    def _solve(self, problem, theta, scale=1.0):
+    def _solve(self, problem, theta, scale=1.0, cold_start=False):
         time.sleep(0.4)
-        return super()._solve(problem, theta, scale)
+        return super()._solve(problem, theta, scale, cold_start)
 
 
 class SlowPositionalCCMCEstimator(PositionalCCMCEstimator):
     """Solves each column block slowly, so that a worker can be killed mid-search."""
 
-    def _solve(self, problem, theta, scale=1.0):
+    def _solve(self, problem, theta, scale=1.0, cold_start=False):
         time.sleep(0.03)
-        return super()._solve(problem, theta, scale)
+        return super()._solve(problem, theta, scale, cold_start)
 
 
 class PidCCMCEstimator(CCMCEstimator):
