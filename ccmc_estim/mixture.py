@@ -975,11 +975,11 @@ class _EMBlock:
                                               self.base_counts(np.where(self.covered, 1.0,
                                                                         0.0))))[0]
         else:
-            theta = np.zeros(self.problem.n_params)
+            theta = np.empty(self.problem.n_params)
             r = np.where(self.covered, 1.0, 0.0)
-        return self.m_step(theta, r)
+        return self.m_step(theta, r, cold_start=previous is None)
 
-    def m_step(self, theta, r):
+    def m_step(self, theta, r, cold_start=False):
         """Partial M-step: Newton steps for the logits (warm started), closed forms for the
         base-chain counts and the per-query copy weights (the shared one is the driver's)."""
         cfg = self.config
@@ -988,7 +988,7 @@ class _EMBlock:
         # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
         # dense Hessian costs a pass over the token pairs of every prompt.
         solve_columns(weighted, theta, alpha=cfg.alpha, tol=1e-10, max_iter=cfg.newton_steps,
-                      solver="newton-cg", n_jobs=self.n_jobs, info_max=-1)
+                      solver="newton-cg", n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start)
         wr = np.bincount(self.ql, weights=self.w * r, minlength=self.nq)
         if cfg.shared:
             return _Params(theta, None, self.base_counts(r), float(wr.sum()))
