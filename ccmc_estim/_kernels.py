@@ -756,28 +756,31 @@ def layout_output_log_proba(cols, lay, theta, out):
 
 
 @njit(cache=True, nogil=True)
-def mixture_posterior(ql, copyable, lam, log_copy, c, key_of, col_total, beta, u_y, r, log_p):
-    """E-step of the copy-and-generate mixture for every pair ``i`` of a block: ``log_p[i] =
-    log(lam C + (1 - lam) B)`` and the posterior copy probability ``r[i]``, where ``C`` is
-    ``exp(log_copy[i])`` and ``B`` the Witten-Bell base chain ``(c[key] + beta u_y) /
-    (col_total + beta)`` of the pair's column ``ql[i]``; ``lam`` is 0 for pairs that are not
-    ``copyable``.
+def mixture_posterior(ql, copyable, lam, copy_p, c, key_of, col_total, beta, u_y, r, log_p):
+    """E-step of the copy-and-generate mixture for every pair ``i`` of a block: the posterior
+    copy probability ``r[i]`` and, unless ``log_p`` is empty, ``log_p[i] = log(lam C + (1 -
+    lam) B)``, where ``C`` is ``copy_p[i]`` and ``B`` the Witten-Bell base chain ``(c[key] +
+    beta u_y) / (col_total + beta)`` of the pair's column ``ql[i]``; ``lam`` is 0 for pairs
+    that are not ``copyable``.
 
-    In probability space: two transcendental functions per pair instead of seven (both
-    parts are probabilities, at least the base chain's floor, so nothing overflows and the
-    sum cannot lose the larger part)."""
+    In probability space (both parts are probabilities, at least the base chain's floor, so
+    nothing overflows and the sum cannot lose the larger part); the copy probabilities come
+    in computed, since the EM's inner steps reuse them."""
+    with_log = log_p.size > 0
     for i in range(ql.size):
         q = ql[i]
         lq = lam[q] if copyable[i] else 0.0
         base = (1.0 - lq) * (c[key_of[i]] + beta[q] * u_y[i]) / (col_total[q] + beta[q])
-        cp = lq * np.exp(log_copy[i])
+        cp = lq * copy_p[i]
         p = cp + base
         if p > 0.0:
-            log_p[i] = np.log(p)
             r[i] = cp / p
+            if with_log:
+                log_p[i] = np.log(p)
         else:  # neither part can emit the output
-            log_p[i] = -np.inf
             r[i] = 0.0
+            if with_log:
+                log_p[i] = -np.inf
 
 
 @njit(cache=True)

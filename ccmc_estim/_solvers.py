@@ -32,6 +32,13 @@ from ._kernels import (
 #: whichever of the two is cheaper per iteration by an operation count.
 DENSE_MAX = 300
 
+#: Under "auto", columns whose dense Newton iteration costs less than this many entry visits
+#: (about a millisecond) use it whatever the alternative costs: the difference is too small
+#: to matter, and a small fit then never compiles conjugate gradients (the dense Hessian is
+#: compiled anyway, for the standard errors), which is a second of a first fit's
+#: compilation.
+DENSE_SMALL = 1e6
+
 #: Most entries of dense column information kept after a fit (8 bytes each).
 INFO_BUDGET = 20_000_000
 
@@ -438,7 +445,7 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         d = np.diff(cd.indptr).astype(np.float64)
         pairs = np.diff(np.concatenate([[0.0], np.cumsum(d * d / 2)])[cd.col_ptr])
         dense_cost = pairs + 3.0 * sizes**3
-        use_cg = (20.0 * nnz < dense_cost) | (sizes > DENSE_MAX)
+        use_cg = ((20.0 * nnz < dense_cost) & (dense_cost > DENSE_SMALL)) | (sizes > DENSE_MAX)
     else:
         use_cg = np.full(K, solver == "newton-cg")
     cost = nnz + np.where(use_cg, 0.0, sizes**3 / 3)

@@ -1,6 +1,8 @@
 """The copy-and-generate mixture: likelihood against a plain numpy twin, monotone EM, recovery
 of known parameters, baselines of compare_models against independent computations."""
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import sparse
@@ -86,14 +88,29 @@ def test_em_is_monotone_and_deterministic(seed):
     rng = np.random.default_rng(seed)
     model = _random_mixture(rng, int(rng.integers(3, 9)))
     X, y = _simulate(model, rng, 1500, int(rng.integers(2, 12)))
-    for acceleration in ("squarem", None):
-        est = MixtureCCMCEstimator(alpha=float(rng.uniform(0.1, 3)), acceleration=acceleration,
+    alpha = float(rng.uniform(0.1, 3))
+    for acceleration, inner_steps in itertools.product(("squarem", None), (5, 0)):
+        est = MixtureCCMCEstimator(alpha=alpha, acceleration=acceleration,
+                                   inner_steps=inner_steps,
                                    copy_weight=("per_query", "shared")[seed % 2]).fit(X, y)
         trace = est.objective_trace_
         assert np.all(np.diff(trace) <= 1e-10 * abs(trace[0])), np.diff(trace).max()
         again = clone(est).fit(X, y)
         np.testing.assert_array_equal(again.objective_trace_, trace)
         np.testing.assert_array_equal(again.copy_weight_, est.copy_weight_)
+
+
+@pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
+def test_inner_steps_change_the_path_not_the_optimum(copy_weight):
+    rng = np.random.default_rng(7)
+    model = _random_mixture(rng, 6)
+    X, y = _simulate(model, rng, 3000, 6)
+    fits = [MixtureCCMCEstimator(alpha=0.5, copy_weight=copy_weight, inner_steps=k, tol=1e-13,
+                                 max_iter=20_000).fit(X, y) for k in (0, 5)]
+    plain, inner = fits
+    assert inner.objective_trace_[-1] == pytest.approx(plain.objective_trace_[-1], rel=1e-9)
+    np.testing.assert_allclose(inner.copy_weight_, plain.copy_weight_, atol=1e-5)
+    np.testing.assert_allclose(inner.ccmc_.toarray(), plain.ccmc_.toarray(), atol=2e-4)
 
 
 def test_recovers_known_parameters():
