@@ -200,10 +200,12 @@ def _count_start(indptr, local, y_entry, weight, unit, theta, chosen, offered):
 NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
 
-def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag):
+def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag,
+                 out_proba):
     """Solve the columns ``cols`` of a layout in place; per column, record the objective,
-    iterations and status in ``out`` and the observed information at the solution (dense
-    where ``info_offsets[q] >= 0``, its diagonal always).
+    iterations and status in ``out``, the observed information at the solution (dense
+    where ``info_offsets[q] >= 0``, its diagonal always) and, unless ``out_proba`` is empty,
+    the probability of every layout prompt's output.
 
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
@@ -213,13 +215,13 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
             _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), cold,
-                           *out, info_offsets, info, info_diag, kind)
+                           *out, info_offsets, info, info_diag, out_proba, kind)
 
 
 @njit(cache=True, nogil=True)
 def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr, theta,
                    alpha, tol, max_iter, cold, objective, n_iter, status, info_offsets, info,
-                   info_diag, kind):
+                   info_diag, out_proba, kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -325,10 +327,14 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         objective[q] = f
         n_iter[q] = it
         status[q] = st
+        # ``prob`` holds the entry probabilities at ``theta_q``: those of the start, or of the
+        # last accepted trial (a rejected one wrote into ``prob_t``).
+        if out_proba.size > 0:
+            for r in range(b - a):
+                out_proba[a + r] = prob[y[r]]
 
         if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
             continue
-        column_nll_grad(theta_q, ip, local, count, y, w, grad, prob)  # the probabilities
         column_hess_diag(ip, local, w, prob, info_diag[p0:p1])
         o = info_offsets[q]
         if o >= 0:
@@ -400,7 +406,8 @@ class ColumnSolution:
     ``status`` is ``MAX_ITER``, ``CONVERGED`` or ``NO_DECREASE``; ``information`` holds, per
     column, the dense observed information at the solution (None for columns above
     ``info_max`` identified logits or beyond the memory budget); ``information_diag`` its
-    diagonal for every parameter, shape ``(n_params,)``.
+    diagonal for every parameter, shape ``(n_params,)``; ``output_proba`` the probability of
+    every layout prompt's output at the solution, when asked for.
     """
 
     objective: np.ndarray
@@ -408,10 +415,11 @@ class ColumnSolution:
     status: np.ndarray
     information: list
     information_diag: np.ndarray
+    output_proba: np.ndarray | None = None
 
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
-                  cold_start=False):
+                  cold_start=False, output_proba=False):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -422,6 +430,9 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     cold_start : bool
         Start every column from its counts (see :func:`_count_start`) rather than from
         ``theta``, whose values are then ignored.
+    output_proba : bool
+        Also return the probability of every layout prompt's output at the solution (what
+        the last likelihood evaluation computed anyway: an EM's next E-step needs it).
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads run by joblib's threading backend (the compiled solver releases
@@ -464,8 +475,10 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     info_diag = np.empty(cd.n_params if info_max >= 0 else 0)  # info_max < 0: none at all
     settings = (float(alpha), float(tol), int(max_iter), bool(cold_start))
     out = (objective, n_iter, status)
-    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag)
+    out_proba = np.empty(cd.col_ptr[-1] if output_proba else 0)
+    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag, out_proba)
     run_threads(_solve_chunk, balanced_chunks(cols, cost, n_jobs), *args)
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
-    return ColumnSolution(objective, n_iter, status, information, info_diag)
+    return ColumnSolution(objective, n_iter, status, information, info_diag,
+                          out_proba if output_proba else None)

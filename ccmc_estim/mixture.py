@@ -770,13 +770,16 @@ class _Params:
     ``lam[q0:q1]`` and base-chain expected counts on its observed (query, output) keys.
 
     ``lam`` is None between a block's M-step and the driver's shared copy weight, for which
-    the block gives ``wr``, its sum of ``w * r``.
+    the block gives ``wr``, its sum of ``w * r``.  ``copy_p``, when known, is the copy
+    probability of every pair at ``theta`` (the M-step's last evaluation computed it: the
+    E-step at its result then needs no pass over the prompts).
     """
 
     theta: np.ndarray
     lam: np.ndarray | None
     c: np.ndarray
     wr: float = 0.0
+    copy_p: np.ndarray | None = None
 
     def __sizeof__(self):
         return _sizeof(self)
@@ -936,7 +939,7 @@ class _EMBlock:
 
     def with_lam(self, params, lam):
         """``params`` with the shared copy weight ``lam``."""
-        return _Params(params.theta, np.full(self.nq, lam), params.c)
+        return _Params(params.theta, np.full(self.nq, lam), params.c, copy_p=params.copy_p)
 
     # ------------------------------------------------------------------ pieces
     def log_copy(self, theta):
@@ -972,7 +975,9 @@ class _EMBlock:
     def responsibilities(self, params):
         """Posterior copy probability ``r_i``, ``log P(y_i | x_i)`` and the copy probability
         ``C(y_i | x_i)`` of every pair."""
-        copy_p = np.exp(self.log_copy(params.theta))
+        copy_p = params.copy_p
+        if copy_p is None:
+            copy_p = np.exp(self.log_copy(params.theta))
         log_p = np.empty(self.ql.size)
         return self._posterior(params.lam, params.c, copy_p, log_p), log_p, copy_p
 
@@ -1027,13 +1032,17 @@ class _EMBlock:
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
         # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
         # dense Hessian costs a pass over the token pairs of every prompt.
-        solve_columns(weighted, theta, alpha=cfg.alpha, tol=1e-10, max_iter=cfg.newton_steps,
-                      solver="newton-cg", n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start)
+        solution = solve_columns(weighted, theta, alpha=cfg.alpha, tol=1e-10,
+                                 max_iter=cfg.newton_steps, solver="newton-cg",
+                                 n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
+                                 output_proba=True)
+        copy_p = np.zeros(self.ql.size)
+        copy_p[self.rows] = solution.output_proba
         wr = self._wr(r)
         if cfg.shared:
-            return _Params(theta, None, self.base_counts(r), float(wr.sum()))
+            return _Params(theta, None, self.base_counts(r), float(wr.sum()), copy_p)
         return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b),
-                       self.base_counts(r))
+                       self.base_counts(r), copy_p=copy_p)
 
     def step(self, params, evaluation=None, quiet=False):
         """One GEM iteration from ``params``: the E-step (unless ``evaluation`` holds it),
