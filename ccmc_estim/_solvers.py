@@ -419,7 +419,7 @@ class ColumnSolution:
 
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
-                  cold_start=False, output_proba=False):
+                  cold_start=False, output_proba=False, chunks=None):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -433,6 +433,9 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     output_proba : bool
         Also return the probability of every layout prompt's output at the solution (what
         the last likelihood evaluation computed anyway: an EM's next E-step needs it).
+    chunks : list of ndarray or None
+        The columns of each thread, when the caller solves the same layout again and again
+        (an EM); by default :func:`balanced_chunks` of the work.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads run by joblib's threading backend (the compiled solver releases
@@ -477,7 +480,9 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     out = (objective, n_iter, status)
     out_proba = np.empty(cd.col_ptr[-1] if output_proba else 0)
     args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag, out_proba)
-    run_threads(_solve_chunk, balanced_chunks(cols, cost, n_jobs), *args)
+    if chunks is None:
+        chunks = balanced_chunks(cols, cost, n_jobs)
+    run_threads(_solve_chunk, chunks, *args)
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
     return ColumnSolution(objective, n_iter, status, information, info_diag,

@@ -1035,7 +1035,7 @@ class _EMBlock:
         solution = solve_columns(weighted, theta, alpha=cfg.alpha, tol=1e-10,
                                  max_iter=cfg.newton_steps, solver="newton-cg",
                                  n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
-                                 output_proba=True)
+                                 output_proba=True, chunks=self.chunks)
         copy_p = np.zeros(self.ql.size)
         copy_p[self.rows] = solution.output_proba
         wr = self._wr(r)
