@@ -174,10 +174,10 @@ def _count_start(indptr, local, y_entry, weight, unit, theta, chosen, offered):
     same for weights scaled alike and for a weight of 2 and a duplicated sample.
 
     Without the pseudo-counts this is the solution when every prompt offers the same tokens
-    once each; they shrink it towards 0 as the L2 penalty does.  On the README's M workload Newton then
-    takes 3-4 steps per column instead of 4-8 from zero at the default ``alpha``, and about
-    10 instead of 12 without a penalty (smaller pseudo-counts suit ``alpha=0`` better and
-    the default worse).  ``chosen`` and ``offered`` are scratch space."""
+    once each; they shrink it towards 0 as the L2 penalty does.  On the README's M workload
+    Newton then takes 3-4 steps per column instead of 4-8 from zero at the default
+    ``alpha``, and about 10 instead of 12 without a penalty (smaller pseudo-counts suit
+    ``alpha=0`` better and the default worse).  ``chosen`` and ``offered`` are scratch space."""
     n = theta.size
     for k in range(n):
         chosen[k] = 0.0
