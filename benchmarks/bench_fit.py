@@ -264,7 +264,7 @@ def run_one(method, workload, repeats):
         identified = ref.identified_
         t0 = time.perf_counter()
         if method == "ccmc_estim (solve)":
-            theta = np.empty(cd.n_params)
+            theta = np.zeros(cd.n_params)
             solve_columns(cd, theta, alpha=ALPHA, tol=1e-6, max_iter=100, solver="auto",
                           n_jobs=os.cpu_count(), cold_start=True)
             logits = cd.to_dense(theta)

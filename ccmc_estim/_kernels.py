@@ -736,9 +736,11 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
 
 # --------------------------------------------------------------------------- mixture
 @njit(cache=True, nogil=True)
-def layout_output_log_proba(cols, lay, theta, out):
-    """Log CCMC probability of the output of every prompt of the columns ``cols`` of a column
-    layout, into ``out`` (layout order), from the flat parameter vector ``theta``."""
+def layout_output_proba(cols, lay, theta, out):
+    """CCMC probability of the output of every prompt of the columns ``cols`` of a column
+    layout, into ``out`` (layout order), from the flat parameter vector ``theta``: the same
+    arithmetic as the solver's probabilities (``column_nll_grad``), so that an EM gets the
+    same numbers from either."""
     for q in cols:
         theta_q = theta[lay.id_ptr[q] : lay.id_ptr[q + 1]]
         e = np.empty(theta_q.size)
@@ -746,13 +748,11 @@ def layout_output_log_proba(cols, lay, theta, out):
         e0 = lay.indptr[lay.col_ptr[q]]
         local = lay.local[e0 : lay.indptr[lay.col_ptr[q + 1]]]
         count = lay.count[e0 : lay.indptr[lay.col_ptr[q + 1]]]
-        z = np.empty(local.size)
+        prob = np.empty(local.size)
         for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
-            a = lay.indptr[r] - e0
-            yj = lay.y_entry[r] - e0
-            lse = prompt_log_norm(theta_q, e, m, local, count, a, lay.indptr[r + 1] - e0, z,
-                                  False)
-            out[r] = theta_q[local[yj]] + np.log(count[yj]) - lse
+            prompt_log_norm(theta_q, e, m, local, count, lay.indptr[r] - e0,
+                            lay.indptr[r + 1] - e0, prob, True)
+            out[r] = prob[lay.y_entry[r] - e0]
 
 
 @njit(cache=True, nogil=True)

@@ -428,7 +428,7 @@ def solve_block(est, problem, q0, q1, scale):
     """Solve a column problem whose pairs all have queries in ``q0:q1`` and keep what the
     fitted estimator needs of it (the in-memory fit of large data uses it too)."""
     warm = est.warm_start and getattr(est, "n_tokens_", None) == problem.n_tokens
-    theta = problem.gather(est.logits_) if warm else np.empty(problem.n_params)
+    theta = problem.gather(est.logits_) if warm else np.zeros(problem.n_params)
     solution = est._solve(problem, theta, scale, cold_start=not warm)
     return block_result(est, problem, theta, solution, q0, q1)
 

@@ -67,7 +67,7 @@ def centre_columns(theta, id_ptr, chunk=4096):
 def weight_scale(weight):
     """Divisor that keeps huge weights from overflowing sums and tiny ones from looking
     converged at the start (the stopping rule scales the gradient by the column's weight, at
-    least 1, so weights of 1e-300 stopped at zero logits).  Any finite weights work: the
+    least 1, so weights of 1e-300 stopped at their start).  Any finite weights work: the
     minimiser does not change when the weights and the penalty are divided alike."""
     top = float(weight.max())
     if top < 1.0:
@@ -166,7 +166,9 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     solver : {"auto", "newton", "newton-cg"}, default="auto"
         ``"newton"``: damped Newton with a dense Hessian per column; ``"newton-cg"``: truncated
         Newton with preconditioned conjugate gradients on Hessian-vector products;
-        ``"auto"``: dense Newton for columns with at most 300 identified logits, else newton-cg.
+        ``"auto"``: per column the one with fewer operations per iteration, the dense one where
+        its iteration costs under about a millisecond, newton-cg above 300 identified logits.
+        Every column starts from its counts (the theory page of the docs) unless warm-started.
     tol : float, default=1e-6
         A column stops when the largest absolute gradient of its mean loss (gradient divided by
         the column's total sample weight, at least 1) is at most ``tol``, or when no step lowers
@@ -370,7 +372,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
     def _fit_problem(self, problem, weight, t0):
         warm = self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens
-        theta = problem.gather(self.logits_) if warm else np.empty(problem.n_params)
+        theta = problem.gather(self.logits_) if warm else np.zeros(problem.n_params)
         # Any finite weights work: the solver sees weights scaled to at most 1 when they are
         # huge (the minimiser is unchanged, the penalty scaled alike).
         scale = weight_scale(weight)
@@ -755,8 +757,11 @@ class PositionalCCMCEstimator(CCMCEstimator):
 
         if self.position_bias is not None:
             b = check_position_bias(self.position_bias).copy()
-            theta = np.empty(block.layout.n_params)
-            cd, solution = block.solve(theta, b, cold_start=True)
+            # As solve_block does for a Dask fit.
+            warm = self.warm_start and getattr(self, "n_tokens_", None) == K
+            theta = (block.layout.gather(self.logits_) if warm
+                     else np.zeros(block.layout.n_params))
+            cd, solution = block.solve(theta, b, cold_start=not warm)
             self.objective_path_ = np.array([scale * solution.objective.sum()])
             self.n_bias_iter_ = 0
             self._store(cd, theta, solution, weight, bias=b, scale=scale)
@@ -965,7 +970,7 @@ class _BiasBlock:
     def evaluate(self, previous, b):
         """The :class:`_BiasState` at ``b``, warm-started from ``previous`` (None: from the
         counts)."""
-        theta = (np.empty(self.layout.n_params) if previous is None
+        theta = (np.zeros(self.layout.n_params) if previous is None
                  else previous.theta.copy())
         cd, solution = self.solve(theta, b, cold_start=previous is None)
         grad = np.empty(b.size)

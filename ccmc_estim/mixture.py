@@ -428,7 +428,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     ``r_i = lam_q C(y_i | x_i) / P(y_i | x_i)``.  M-steps: the logits by warm-started Newton
     steps on the penalised CCMC likelihood with sample weights ``w_i r_i`` (a partial M-step
     that only lowers its objective keeps EM monotone), the base chain by smoothed expected
-    counts, the copy weights in closed form.  Each EM iteration cannot increase the penalised
+    counts, the copy weights in closed form, the last two first for ``inner_steps`` EM steps
+    of their own at fixed copy probabilities.  Each EM iteration cannot increase the penalised
     objective (``objective_trace_``); SQUAREM extrapolation accelerates it, every extrapolated
     point being accepted only when it lowers the objective.
 
@@ -460,9 +461,10 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         Newton iterations of the logits per M-step (a partial M-step).
     inner_steps : int, default=5
         EM steps for the copy weights and the base chain at fixed copy logits within every
-        iteration, before the logits' M-step.  EM couples these with the responsibilities
-        slowly, and their steps need no pass over the prompts: on the Python corpus of the
-        docs, 5 of them halve the iterations.  0 gives plain EM.
+        iteration, before the logits' M-step (a shared copy weight stays fixed in them: it
+        couples every column).  EM couples these with the responsibilities slowly, and their
+        steps need no pass over the prompts: on the Python corpus of the benchmarks, 5 of them
+        halve the iterations.  0 gives plain EM.
     acceleration : {"squarem", None}, default="squarem"
     warm_start : bool, default=False
         Start from the previous fit when the vocabulary is the same.
@@ -942,13 +944,13 @@ class _EMBlock:
         return _Params(params.theta, np.full(self.nq, lam), params.c, copy_p=params.copy_p)
 
     # ------------------------------------------------------------------ pieces
-    def log_copy(self, theta):
-        """``log C(y_i | x_i)`` of every pair (``-inf`` where not copyable)."""
-        out = np.full(self.ql.size, -np.inf)
+    def copy_proba(self, theta):
+        """``C(y_i | x_i)`` of every pair (0 where not copyable)."""
+        out = np.zeros(self.ql.size)
         if self.rows.size:
-            lay = self.problem.layout
             vals = np.empty(self.rows.size)
-            run_threads(_kernels.layout_output_log_proba, self.chunks, lay, theta, vals)
+            run_threads(_kernels.layout_output_proba, self.chunks, self.problem.layout, theta,
+                        vals)
             out[self.rows] = vals
         return out
 
@@ -977,7 +979,7 @@ class _EMBlock:
         ``C(y_i | x_i)`` of every pair."""
         copy_p = params.copy_p
         if copy_p is None:
-            copy_p = np.exp(self.log_copy(params.theta))
+            copy_p = self.copy_proba(params.theta)
         log_p = np.empty(self.ql.size)
         return self._posterior(params.lam, params.c, copy_p, log_p), log_p, copy_p
 
@@ -1020,13 +1022,14 @@ class _EMBlock:
                                               self.base_counts(np.where(self.covered, 1.0,
                                                                         0.0))))[0]
         else:
-            theta = np.empty(self.problem.n_params)
+            theta = np.zeros(self.problem.n_params)
             r = np.where(self.covered, 1.0, 0.0)
         return self.m_step(theta, r, cold_start=previous is None)
 
     def m_step(self, theta, r, cold_start=False):
-        """Partial M-step: Newton steps for the logits (warm started), closed forms for the
-        base-chain counts and the per-query copy weights (the shared one is the driver's)."""
+        """Partial M-step: Newton steps for the logits (warm started, or from the counts with
+        ``cold_start``), closed forms for the base-chain counts and the per-query copy
+        weights (the shared one is the driver's)."""
         cfg = self.config
         theta = theta.copy()
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])

@@ -76,6 +76,40 @@ def test_n_jobs_identical(solver, monkeypatch):
     assert a.objective_ == b.objective_
 
 
+@pytest.mark.parametrize("solver", ["newton", "newton-cg"])
+@pytest.mark.parametrize("max_iter, tol, status", [(1, 1e-6, "MAX_ITER"),
+                                                   (100, 1e-6, "CONVERGED"),
+                                                   (100, 1e-300, "NO_DECREASE")])
+def test_solution_probabilities_and_information_are_those_at_the_solution(solver, max_iter,
+                                                                          tol, status):
+    # The solver hands out the probabilities of its last accepted evaluation (and builds the
+    # information from them) on every way out of its Newton loop: checked against a plain
+    # numpy computation at the returned logits.
+    from ccmc_estim import _solvers
+    from ccmc_estim._columns import build_columns
+    from ccmc_estim._stats import validate_prompts
+
+    X, y, _ = make_ccmc_data(600, 6, (2, 8), random_state=2)
+    flat, indptr, K = validate_prompts(X)
+    w = np.random.default_rng(3).uniform(0.5, 2.0, len(y))
+    cd = build_columns(flat, indptr, K, np.asarray(y, np.int64), w)
+    theta = np.zeros(cd.n_params)
+    sol = _solvers.solve_columns(cd, theta, alpha=0.5, tol=tol, max_iter=max_iter,
+                                 solver=solver, n_jobs=1, info_max=300, cold_start=True,
+                                 output_proba=True)
+    assert (sol.status == getattr(_solvers, status)).any()
+    diag = np.zeros(cd.n_params)
+    for q in range(K):
+        th = theta[cd.id_ptr[q] : cd.id_ptr[q + 1]]
+        for r in range(cd.col_ptr[q], cd.col_ptr[q + 1]):
+            e = slice(cd.indptr[r], cd.indptr[r + 1])
+            p = cd.count[e] * np.exp(th[cd.local[e]])
+            p /= p.sum()
+            assert sol.output_proba[r] == pytest.approx(p[cd.y_entry[r] - e.start], rel=1e-12)
+            np.add.at(diag, cd.id_ptr[q] + cd.local[e], cd.weight[r] * p * (1 - p))
+    np.testing.assert_allclose(sol.information_diag, diag, rtol=1e-11)
+
+
 def test_solvers_agree():
     X, y, _ = make_ccmc_data(3000, 12, (3, 15), random_state=6)
     a = CCMCEstimator(solver="newton", tol=1e-10).fit(X, y)

@@ -113,6 +113,29 @@ def test_inner_steps_change_the_path_not_the_optimum(copy_weight):
     np.testing.assert_allclose(inner.ccmc_.toarray(), plain.ccmc_.toarray(), atol=2e-4)
 
 
+def test_cached_copy_probabilities_equal_a_recomputation(monkeypatch):
+    # An E-step at an M-step's result reuses the M-step's probabilities: they must be the
+    # very numbers a pass over the prompts gives at those logits.
+    from ccmc_estim import mixture
+
+    checked = []
+    original = mixture._EMBlock.responsibilities
+
+    def responsibilities(self, params):
+        if params.copy_p is not None:
+            np.testing.assert_array_equal(params.copy_p, self.copy_proba(params.theta))
+            checked.append(params.copy_p.size)
+        return original(self, params)
+
+    monkeypatch.setattr(mixture._EMBlock, "responsibilities", responsibilities)
+    rng = np.random.default_rng(11)
+    model = _random_mixture(rng, 7)
+    X, y = _simulate(model, rng, 2000, 6)
+    for copy_weight, unknown_id in (("per_query", None), ("shared", 0)):
+        MixtureCCMCEstimator(copy_weight=copy_weight, unknown_id=unknown_id).fit(X, y)
+    assert len(checked) >= 6
+
+
 def test_recovers_known_parameters():
     rng = np.random.default_rng(0)
     # Short prompts over a larger vocabulary: copying and generating differ enough for the
