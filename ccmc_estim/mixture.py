@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels
-from ._columns import build_columns, by_column
+from ._columns import build_columns, by_column, csc_parts
 from ._solvers import balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
@@ -1014,13 +1014,18 @@ class _EMBlock:
     # ------------------------------------------------------------------ EM steps
     def initial(self, previous):
         """Parameters after a first M-step from the data: every copyable pair copied, or the
-        responsibilities of ``previous`` (full logits and copy weights of a former fit)."""
+        responsibilities of ``previous`` (full logits, copy weights and base-chain counts of
+        a former fit, the counts taken at this block's keys)."""
         if previous is not None:
-            logits, lam = previous
+            logits, lam, counts = previous
             theta = self.problem.gather(logits)
+            K = self.K
+            key_ptr = np.zeros(K + 1, np.int64)
+            np.cumsum(np.bincount(self.keys // K, minlength=K), out=key_ptr[1:])
+            c = _kernels.csc_gather(*csc_parts(counts), key_ptr,
+                                    (self.keys % K).astype(np.int32))
             r = self.responsibilities(_Params(theta, np.asarray(lam)[self.q0 : self.q1],
-                                              self.base_counts(np.where(self.covered, 1.0,
-                                                                        0.0))))[0]
+                                              c))[0]
         else:
             theta = np.zeros(self.problem.n_params)
             r = np.where(self.covered, 1.0, 0.0)
@@ -1200,7 +1205,7 @@ class _EM:
         """Parameters after a first M-step (see :meth:`_EMBlock.initial`); ``previous`` is a
         fitted estimator to start from."""
         prev = None if previous is None else self.run.share(
-            (previous.ccmc_.logits, previous.copy_weight_))
+            (previous.ccmc_.logits, previous.copy_weight_, previous.base_chain_.counts))
         return self._with_lam(self.run.map(_EMBlock.initial, self.blocks, prev))
 
     def _evaluate(self, point, quiet=False):

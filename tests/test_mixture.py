@@ -136,6 +136,20 @@ def test_cached_copy_probabilities_equal_a_recomputation(monkeypatch):
     assert len(checked) >= 6
 
 
+@pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
+def test_warm_start_continues_from_the_previous_fit(copy_weight):
+    # The previous logits, copy weights and base-chain counts: the refit on the same data
+    # starts no higher than where the first fit ended, and goes on down.
+    rng = np.random.default_rng(3)
+    model = _random_mixture(rng, 6)
+    X, y = _simulate(model, rng, 2000, 6)
+    est = MixtureCCMCEstimator(warm_start=True, copy_weight=copy_weight).fit(X, y)
+    end = est.objective_trace_[-1]
+    est.fit(X, y)
+    assert est.objective_trace_[0] <= end + 1e-12 * abs(end)
+    assert est.objective_trace_[-1] <= est.objective_trace_[0]
+
+
 def test_recovers_known_parameters():
     rng = np.random.default_rng(0)
     # Short prompts over a larger vocabulary: copying and generating differ enough for the
