@@ -162,6 +162,16 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
     if _abs_max(d) == 0.0:
         for k in range(n):
             d[k] = -grad[k] / diag[k]
+    if alpha == 0.0:
+        # Without a penalty the loss is flat along the all-ones direction (the column gauge)
+        # and the preconditioned steps are not orthogonal to it: removed, it would otherwise
+        # pile up over many iterations (logits of 10^5 at tol=1e-300) and cost digits.
+        mean = 0.0
+        for k in range(n):
+            mean += d[k]
+        mean /= n
+        for k in range(n):
+            d[k] -= mean
     return d
 
 

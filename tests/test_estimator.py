@@ -110,6 +110,26 @@ def test_solution_probabilities_and_information_are_those_at_the_solution(solver
     np.testing.assert_allclose(sol.information_diag, diag, rtol=1e-11)
 
 
+def test_cg_steps_without_penalty_keep_the_column_gauge():
+    # At alpha=0 the loss is flat along each column's all-ones direction: the truncated
+    # Newton steps must not wander along it (they did, to logits of 10^2 to 10^5, at
+    # tol=1e-300).  From the centred count start, every column stays centred.
+    from ccmc_estim import _solvers
+    from ccmc_estim._columns import build_columns
+    from ccmc_estim._stats import validate_prompts
+
+    X, y, _ = make_ccmc_data(2000, 10, (2, 12), random_state=1)
+    flat, indptr, K = validate_prompts(X)
+    for scale in (1.0, 1e-310):
+        cd = build_columns(flat, indptr, K, np.asarray(y, np.int64), np.full(len(y), scale))
+        theta = np.zeros(cd.n_params)
+        _solvers.solve_columns(cd, theta, alpha=0.0, tol=1e-300, max_iter=100,
+                               solver="newton-cg", n_jobs=1, cold_start=True)
+        for q in range(K):
+            th = theta[cd.id_ptr[q] : cd.id_ptr[q + 1]]
+            assert abs(th.mean()) <= 1e-12 * max(1.0, np.abs(th).max()), (scale, q, th.mean())
+
+
 def test_solvers_agree():
     X, y, _ = make_ccmc_data(3000, 12, (3, 15), random_state=6)
     a = CCMCEstimator(solver="newton", tol=1e-10).fit(X, y)
