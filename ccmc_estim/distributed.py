@@ -427,9 +427,8 @@ def _fit_block(est, n_tokens, q0, q1, scale, dist_weight, *pieces):
 def solve_block(est, problem, q0, q1, scale):
     """Solve a column problem whose pairs all have queries in ``q0:q1`` and keep what the
     fitted estimator needs of it (the in-memory fit of large data uses it too)."""
-    warm = est.warm_start and getattr(est, "n_tokens_", None) == problem.n_tokens
-    theta = problem.gather(est.logits_) if warm else np.zeros(problem.n_params)
-    solution = est._solve(problem, theta, scale, cold_start=not warm)
+    theta, cold = est._start(problem)
+    solution = est._solve(problem, theta, scale, cold_start=cold)
     return block_result(est, problem, theta, solution, q0, q1)
 
 

@@ -266,6 +266,14 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         "verbose": [number(Integral, 0, None, closed="left"), "boolean"],
     }
 
+    def _start(self, problem):
+        """``(theta, cold_start)`` for a fit of ``problem``: the previous fit's logits at its
+        parameters with ``warm_start`` on the same vocabulary, else zeros that the solver
+        replaces by its start from the counts."""
+        if self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens:
+            return problem.gather(self.logits_), False
+        return np.zeros(problem.n_params), True
+
     def _solve(self, problem, theta, scale=1.0, cold_start=False):
         """Solve every column in place (the convex problem in the logits), with the weights
         and the penalty divided by ``scale``; with ``cold_start``, from the counts rather than
@@ -371,12 +379,11 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         return self._fit_problem(problem, weight, time.perf_counter())
 
     def _fit_problem(self, problem, weight, t0):
-        warm = self.warm_start and getattr(self, "n_tokens_", None) == problem.n_tokens
-        theta = problem.gather(self.logits_) if warm else np.zeros(problem.n_params)
+        theta, cold = self._start(problem)
         # Any finite weights work: the solver sees weights scaled to at most 1 when they are
         # huge (the minimiser is unchanged, the penalty scaled alike).
         scale = weight_scale(weight)
-        solution = self._solve(problem, theta, scale, cold_start=not warm)
+        solution = self._solve(problem, theta, scale, cold_start=cold)
         self._stage(f"solved {int((np.diff(problem.col_ptr) > 0).sum())} columns, at most "
                     f"{int(solution.n_iter.max(initial=0))} Newton iterations", t0)
         self._store(problem, theta, solution, weight, scale=scale)
@@ -757,11 +764,8 @@ class PositionalCCMCEstimator(CCMCEstimator):
 
         if self.position_bias is not None:
             b = check_position_bias(self.position_bias).copy()
-            # As solve_block does for a Dask fit.
-            warm = self.warm_start and getattr(self, "n_tokens_", None) == K
-            theta = (block.layout.gather(self.logits_) if warm
-                     else np.zeros(block.layout.n_params))
-            cd, solution = block.solve(theta, b, cold_start=not warm)
+            theta, cold = self._start(block.layout)
+            cd, solution = block.solve(theta, b, cold_start=cold)
             self.objective_path_ = np.array([scale * solution.objective.sum()])
             self.n_bias_iter_ = 0
             self._store(cd, theta, solution, weight, bias=b, scale=scale)
