@@ -1,6 +1,7 @@
 """Fitting and scoring on a Dask cluster (issue 12): a LocalCluster of two worker processes
 with one thread each, started once for the module."""
 
+import contextlib
 import copy
 import os
 import signal
@@ -58,6 +59,33 @@ class PidCCMCEstimator(CCMCEstimator):
     def fit(self, prompts, outputs, sample_weight=None):
         self.fit_pid_ = os.getpid()
         return super().fit(prompts, outputs, sample_weight)
+
+
+@contextlib.contextmanager
+def _killing_a_worker(client, busy, poll, during):
+    """Run the ``with`` body while a thread kills the process of the first worker whose
+    processing keys ``busy`` accepts (polled every ``poll`` s, for at most 30 s); fail if no
+    worker was killed ``during`` it."""
+    pids = client.run(os.getpid)
+    killed = []
+
+    def kill():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for addr, keys in client.processing().items():
+                if addr in pids and busy(keys):
+                    os.kill(pids[addr], signal.SIGKILL)
+                    killed.append(addr)
+                    return
+            time.sleep(poll)
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield
+    finally:
+        killer.join()
+    assert killed, f"no worker was killed during {during}"
 
 
 def _slow(block):
@@ -273,28 +301,13 @@ def test_joblib_dask_backend(client, data):
 def test_worker_dies_mid_fit(client, data):
     X, y, w = data
     ref = CCMCEstimator().fit(X, y, sample_weight=w)
-    pids = client.run(os.getpid)
-    killed = []
-
-    def kill_a_solving_worker():
-        # Kill the process of a worker as soon as it solves a column block (it also holds
-        # validated partitions and shuffled pieces, which the scheduler must recompute).
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not killed:
-            for addr, keys in client.processing().items():
-                if any("_fit_block" in str(k) for k in keys) and addr in pids:
-                    os.kill(pids[addr], signal.SIGKILL)
-                    killed.append(addr)
-                    return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_a_solving_worker)
-    killer.start()
-    Xd = da.from_array(X, chunks=500).map_blocks(_slow)
-    est = SlowCCMCEstimator().fit(Xd, da.from_array(y, chunks=500),
-                                  da.from_array(w, chunks=500))
-    killer.join()
-    assert killed, "no worker was killed during the fit"
+    # Kill the process of a worker as soon as it solves a column block (it also holds
+    # validated partitions and shuffled pieces, which the scheduler must recompute).
+    with _killing_a_worker(client, lambda keys: any("_fit_block" in str(k) for k in keys),
+                           0.02, "the fit"):
+        Xd = da.from_array(X, chunks=500).map_blocks(_slow)
+        est = SlowCCMCEstimator().fit(Xd, da.from_array(y, chunks=500),
+                                      da.from_array(w, chunks=500))
     np.testing.assert_array_equal(est.logits_, ref.logits_)
     assert est.objective_ == pytest.approx(ref.objective_, rel=1e-12)
 
@@ -420,26 +433,11 @@ def test_mixture_worker_dies_mid_em(client, mixture_data):
     # what a killed worker held (the block from the input partitions, then the EM steps).
     X, y, w = mixture_data
     ref = MixtureCCMCEstimator(tol=1e-10).fit(X, y, sample_weight=w)
-    pids = client.run(os.getpid)
-    killed = []
-
-    def kill_a_worker_in_em():
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not killed:
-            for addr, keys in client.processing().items():
-                if any(str(k).startswith("step-") for k in keys) and addr in pids:
-                    os.kill(pids[addr], signal.SIGKILL)
-                    killed.append(addr)
-                    return
-            time.sleep(0.01)
-
-    killer = threading.Thread(target=kill_a_worker_in_em)
-    killer.start()
-    est = MixtureCCMCEstimator(tol=1e-10).fit(da.from_array(X, chunks=1000),
-                                              da.from_array(y, chunks=1000),
-                                              da.from_array(w, chunks=1000))
-    killer.join()
-    assert killed, "no worker was killed during the EM"
+    with _killing_a_worker(client, lambda keys: any(str(k).startswith("step-") for k in keys),
+                           0.01, "the EM"):
+        est = MixtureCCMCEstimator(tol=1e-10).fit(da.from_array(X, chunks=1000),
+                                                  da.from_array(y, chunks=1000),
+                                                  da.from_array(w, chunks=1000))
     _equal_mixtures(ref, est)
 
 
@@ -448,30 +446,20 @@ def test_worker_dies_mid_bias_search(client, data):
     # worker held (the block from the input partitions, then its chain of evaluations).
     X, y, w = data
     ref = PositionalCCMCEstimator(max_distance=3).fit(X, y, sample_weight=w)
-    pids = client.run(os.getpid)
-    killed = []
-
-    def kill_a_worker_in_search():
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not killed:
-            for addr, keys in client.processing().items():
-                # Past the first evaluations, so that a chain of states is lost.
-                if (sum(str(k).startswith("evaluate-") for k in keys) and addr in pids
-                        and len(seen) > 6):
-                    os.kill(pids[addr], signal.SIGKILL)
-                    killed.append(addr)
-                    return
-                seen.update(k for k in keys if str(k).startswith("evaluate-"))
-            time.sleep(0.005)
-
     seen = set()
-    killer = threading.Thread(target=kill_a_worker_in_search)
-    killer.start()
-    est = SlowPositionalCCMCEstimator(max_distance=3).fit(
-        da.from_array(X, chunks=1000), da.from_array(y, chunks=1000),
-        da.from_array(w, chunks=1000))
-    killer.join()
-    assert killed, "no worker was killed during the bias search"
+
+    def evaluating_past_the_first(keys):
+        # Past the first evaluations, so that a chain of states is lost.
+        evaluating = {k for k in keys if str(k).startswith("evaluate-")}
+        if evaluating and len(seen) > 6:
+            return True
+        seen.update(evaluating)
+        return False
+
+    with _killing_a_worker(client, evaluating_past_the_first, 0.005, "the bias search"):
+        est = SlowPositionalCCMCEstimator(max_distance=3).fit(
+            da.from_array(X, chunks=1000), da.from_array(y, chunks=1000),
+            da.from_array(w, chunks=1000))
     assert est.n_bias_iter_ == ref.n_bias_iter_
     np.testing.assert_allclose(est.position_bias_, ref.position_bias_, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose(est.objective_path_, ref.objective_path_, rtol=1e-8, atol=0)
