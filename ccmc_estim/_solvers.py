@@ -403,16 +403,14 @@ def balanced_chunks(cols, cost, n_jobs):
 
 
 def run_threads(func, chunks, *args):
-    """``func(chunk, *args)`` for every chunk, in threads when there are several (the compiled
-    kernels release the GIL and write their results in place)."""
+    """``[func(chunk, *args) for chunk in chunks]``, in threads when there are several (the
+    compiled kernels release the GIL and write their results in place)."""
     if len(chunks) <= 1:
-        for chunk in chunks:
-            func(chunk, *args)
-        return
+        return [func(chunk, *args) for chunk in chunks]
     # The threading backend is named, not preferred: inside ``joblib.parallel_backend("dask")``
     # (a grid search on a cluster) a soft preference would ship the chunks to other
     # processes, where their in-place writes would be lost.
-    Parallel(n_jobs=len(chunks), backend="threading", batch_size=1)(
+    return Parallel(n_jobs=len(chunks), backend="threading", batch_size=1)(
         delayed(func)(chunk, *args) for chunk in chunks
     )
 

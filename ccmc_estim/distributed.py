@@ -424,11 +424,12 @@ def _fit_block(est, n_tokens, q0, q1, scale, dist_weight, *pieces):
     return solve_block(est, problem, q0, q1, scale)
 
 
-def solve_block(est, problem, q0, q1, scale):
-    """Solve a column problem whose pairs all have queries in ``q0:q1`` and keep what the
-    fitted estimator needs of it (the in-memory fit of large data uses it too)."""
+def solve_block(est, problem, q0, q1, scale, n_jobs=None):
+    """Solve a column problem whose pairs all have queries in ``q0:q1`` (on ``n_jobs``
+    threads, by default the estimator's) and keep what the fitted estimator needs of it (the
+    in-memory fit uses it too)."""
     theta, cold = est._start(problem)
-    solution = est._solve(problem, theta, scale, cold_start=cold)
+    solution = est._solve(problem, theta, scale, cold_start=cold, n_jobs=n_jobs)
     return block_result(est, problem, theta, solution, q0, q1)
 
 

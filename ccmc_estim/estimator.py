@@ -15,7 +15,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._columns import build_columns, by_column, columns_from_stats
 from ._kernels import bias_loglik
-from ._solvers import DENSE_MAX, MAX_ITER, column_ranges, solve_columns
+from ._solvers import (
+    DENSE_MAX,
+    MAX_ITER,
+    INFO_BUDGET,
+    THREAD_MIN_WORK,
+    column_ranges,
+    run_threads,
+    solve_columns,
+)
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
@@ -274,10 +282,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             return problem.gather(self.logits_), False
         return np.zeros(problem.n_params), True
 
-    def _solve(self, problem, theta, scale=1.0, cold_start=False):
+    def _solve(self, problem, theta, scale=1.0, cold_start=False, n_jobs=None):
         """Solve every column in place (the convex problem in the logits), with the weights
         and the penalty divided by ``scale``; with ``cold_start``, from the counts rather than
-        from ``theta``."""
+        from ``theta``; on ``n_jobs`` threads (default: the estimator's)."""
         if scale != 1.0:
             problem = replace(problem, weight=problem.weight / scale)
         return solve_columns(
@@ -287,7 +295,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             tol=self.tol,
             max_iter=self.max_iter,
             solver=self.solver,
-            n_jobs=n_threads(self.n_jobs),
+            n_jobs=n_threads(self.n_jobs) if n_jobs is None else n_jobs,
             info_max=DENSE_MAX,
             cold_start=cold_start,
         )
@@ -324,11 +332,19 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         prompts, outputs = self._encode_fit(prompts, outputs)
         flat, indptr, K, outputs, weight = self._training_data(prompts, outputs, sample_weight)
         check_covered(flat, indptr, outputs, K)
-        n_blocks = int(np.ceil(_LAYOUT_BYTES * flat.size / LAYOUT_BUDGET))
-        if n_blocks > 1:
-            return self._fit_blocks(flat, indptr, K, outputs, weight, n_blocks, t0)
         self._stage("validated the data", t0)
-        problem = build_columns(flat, indptr, K, outputs, weight, n_jobs=n_threads(self.n_jobs))
+        query = flat[indptr[1:] - 1]
+        load = np.bincount(query, weights=np.diff(indptr) * (weight > 0), minlength=K)
+        n_blocks = int(np.ceil(_LAYOUT_BYTES * flat.size / LAYOUT_BUDGET))
+        threads = n_threads(self.n_jobs) if flat.size >= THREAD_MIN_WORK else 1
+        # Columns of at most DENSE_MAX identified logits keep their dense information within
+        # the solver's budget, in column order: blocks solved side by side must not reach
+        # it, or which columns keep it would depend on n_jobs.
+        cap = np.minimum(np.minimum(load, K), DENSE_MAX)
+        if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= INFO_BUDGET):
+            return self._fit_blocks(flat, indptr, K, outputs, weight, load, n_blocks,
+                                    threads, t0)
+        problem = build_columns(flat, indptr, K, outputs, weight, n_jobs=threads)
         del flat, indptr  # the column layout holds all the fit needs
         self._stage(f"column layout: {problem.indptr[-1]:,} entries, {problem.n_params:,} "
                     "identified logits", t0)
@@ -340,32 +356,44 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             print(f"{type(self).__name__}: {what} ({time.perf_counter() - t0:.3f} s)",
                   flush=True)
 
-    def _fit_blocks(self, flat, indptr, K, outputs, weight, n_blocks, t0):
-        """The fit of data whose column layout would be large: contiguous blocks of columns
-        of similar size are laid out, solved and reduced to their results one at a time, so
-        the memory is the data plus one block (the results are identical)."""
+    def _fit_blocks(self, flat, indptr, K, outputs, weight, load, n_blocks, threads, t0):
+        """The fit in contiguous blocks of columns of similar ``load``, each laid out, solved
+        and reduced to its results on its own (the results are identical to one block's).
+
+        With ``n_blocks > 1`` (data whose column layout would be large) the blocks are taken
+        one at a time, each on ``threads`` threads, so the memory is the data plus one
+        block; otherwise there is one block per thread, so that the whole fit is one
+        parallel section (each section costs joblib milliseconds to start and collect).
+        """
         from .distributed import _merge, solve_block
 
         query = flat[indptr[1:] - 1]
-        load = np.bincount(query, weights=np.diff(indptr) * (weight > 0), minlength=K)
         scale = weight_scale(weight)
-        blocks = []
-        bounds = column_ranges(load, K, n_blocks)
-        for q0, q1 in pairwise(bounds):
+        bounds = column_ranges(load, K, max(n_blocks, threads))
+        inner = threads if n_blocks > 1 else 1
+
+        def fit_block(cols):
+            q0, q1 = cols
             w = np.where((query >= q0) & (query < q1), weight, 0.0)
-            problem = build_columns(flat, indptr, K, outputs, w, n_jobs=n_threads(self.n_jobs))
-            blocks.append(solve_block(self, problem, int(q0), int(q1), scale))
-            del problem, w  # the next layout replaces this one, not joins it
-            if self.verbose:
-                print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
-                      f"({len(blocks)} of {bounds.size - 1} blocks)")
+            problem = build_columns(flat, indptr, K, outputs, w, n_jobs=inner)
+            del w
+            block = solve_block(self, problem, q0, q1, scale, n_jobs=inner)
+            if self.verbose and n_blocks > 1:
+                print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved")
+            return block
+
+        ranges = list(pairwise(bounds.tolist()))
+        if n_blocks > 1:  # one block at a time: the next layout replaces the last one
+            blocks = [fit_block(cols) for cols in ranges]
+        else:
+            blocks = run_threads(fit_block, ranges)
+        self._stage(f"laid out and solved {len(ranges)} column blocks", t0)
         report, theta, solution = _merge(blocks, K, self.sparse)
         del blocks
         n_obs = scale * float((weight / scale).sum())
         self._assemble(report, theta, solution, n_obs, scale=scale)
-        if self.verbose:
-            print(f"{type(self).__name__}: {int((weight > 0).sum())} prompts, "
-                  f"{theta.size} identified logits, {time.perf_counter() - t0:.3f} s")
+        self._stage("identifiability report and fitted attributes", t0)
+        self._summary(weight, t0)
         return self
 
     def _fit_stats(self, stats, outputs):
@@ -388,16 +416,20 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                     f"{int(solution.n_iter.max(initial=0))} Newton iterations", t0)
         self._store(problem, theta, solution, weight, scale=scale)
         self._stage("identifiability report and fitted attributes", t0)
+        self._summary(weight, t0)
+        return self
+
+    def _summary(self, weight, t0):
+        """With ``verbose``, one line on the fitted estimator."""
         if self.verbose:
             print(
                 f"{type(self).__name__}: {int((weight > 0).sum())} prompts, "
-                f"{problem.n_params} identified logits in "
+                f"{self.identifiability_.id_tokens.size} identified logits in "
                 f"{int(self.identifiability_.queried.sum())} columns "
                 f"({'sparse' if self.model_.sparse else 'dense'} storage), max "
                 f"{int(self.n_iter_.max())} iterations, objective {self.objective_:.10g}, "
                 f"{time.perf_counter() - t0:.3f} s"
             )
-        return self
 
     def _store(self, problem, theta, solution, weight, bias=None, n_bias_params=0, scale=1.0):
         """Check a solution and set the fitted attributes from it."""

@@ -40,17 +40,17 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class SlowCCMCEstimator(CCMCEstimator):
     """Solves each column block slowly, so that a worker can be killed mid-fit."""
 
-    def _solve(self, problem, theta, scale=1.0, cold_start=False):
+    def _solve(self, *args, **kwargs):
         time.sleep(0.4)
-        return super()._solve(problem, theta, scale, cold_start)
+        return super()._solve(*args, **kwargs)
 
 
 class SlowPositionalCCMCEstimator(PositionalCCMCEstimator):
     """Solves each column block slowly, so that a worker can be killed mid-search."""
 
-    def _solve(self, problem, theta, scale=1.0, cold_start=False):
+    def _solve(self, *args, **kwargs):
         time.sleep(0.03)
-        return super()._solve(problem, theta, scale, cold_start)
+        return super()._solve(*args, **kwargs)
 
 
 class PidCCMCEstimator(CCMCEstimator):

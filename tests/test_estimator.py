@@ -65,15 +65,29 @@ def test_invariances():
 
 
 @pytest.mark.parametrize("solver", ["newton", "newton-cg"])
-def test_n_jobs_identical(solver, monkeypatch):
+@pytest.mark.parametrize("budget", [None, 10])
+def test_n_jobs_identical(solver, budget, monkeypatch, capsys):
     from ccmc_estim import _solvers
+    from ccmc_estim import estimator as estimator_module
 
-    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)  # threads even for this small problem
+    # Threads even for this small problem: one column block per thread, or (with a tiny
+    # budget for the dense information) one layout solved by threads.
+    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(estimator_module, "THREAD_MIN_WORK", 0)
+    if budget is not None:
+        monkeypatch.setattr(_solvers, "INFO_BUDGET", budget)
+        monkeypatch.setattr(estimator_module, "INFO_BUDGET", budget)
     X, y, _ = make_ccmc_data(3000, 12, (3, 15), token_distribution="zipf", random_state=5)
     a = CCMCEstimator(solver=solver, n_jobs=1).fit(X, y)
-    b = CCMCEstimator(solver=solver, n_jobs=2).fit(X, y)
-    np.testing.assert_array_equal(a.logits_, b.logits_)
-    assert a.objective_ == b.objective_
+    for n_jobs in (2, 3):
+        b = CCMCEstimator(solver=solver, n_jobs=n_jobs, verbose=2).fit(X, y)
+        blocks = "column blocks" in capsys.readouterr().out
+        assert blocks == (budget is None)
+        np.testing.assert_array_equal(a.logits_, b.logits_)
+        np.testing.assert_array_equal(a.logits_se_, b.logits_se_)
+        np.testing.assert_array_equal(a.n_iter_, b.n_iter_)
+        assert a.objective_ == b.objective_ and a.bic_ == b.bic_
+        assert a.identifiability_.summary() == b.identifiability_.summary()
 
 
 @pytest.mark.parametrize("solver", ["newton", "newton-cg"])
