@@ -17,8 +17,8 @@ from ._columns import build_columns, by_column, columns_from_stats
 from ._kernels import bias_loglik
 from ._solvers import (
     DENSE_MAX,
-    MAX_ITER,
     INFO_BUDGET,
+    MAX_ITER,
     THREAD_MIN_WORK,
     column_ranges,
     run_threads,
