@@ -119,23 +119,24 @@ def csc_parts(matrix):
 
 
 def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
-                  query=None, pos_weight=None, n_jobs=1):
+                  query=None, pos_weight=None, n_jobs=1, order=None):
     """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
 
     ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
-    token is the query, unless ``query`` is given (then ``pos_weight`` gives each flat
+    token is the query, unless ``query`` is given (``pos_weight``, when given, is each flat
     position's count, as for prompt statistics); ``outputs`` must all occur in their prompts
     (see ``_stats.check_covered``); ``dist_weight`` as in ``_kernels.prompt_counts``.  Up to
-    ``n_jobs`` threads lay out disjoint ranges of columns.
+    ``n_jobs`` threads lay out disjoint ranges of columns.  ``order``, when given, is the
+    prompts to lay out, of positive weight and stably sorted by query (:func:`query_order`):
+    a slice of it lays out a range of columns.
     """
     n = indptr.size - 1
     if query is None:
         query = flat[indptr[1:] - 1]
-    order = np.argsort(query, kind="stable")
     if weight is None:
         weight = np.ones(n)
-    else:
-        order = order[weight[order] > 0]
+    if order is None:
+        order = query_order(query, weight)
     col_ptr = np.zeros(n_tokens + 1, np.int64)
     np.cumsum(np.bincount(query[order], minlength=n_tokens), out=col_ptr[1:])
     y = np.zeros(0, np.int64) if outputs is None else outputs
@@ -174,6 +175,12 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
         id_tokens=id_tokens,
         rows=order,
     )
+
+
+def query_order(query, weight):
+    """The prompts of positive ``weight``, stably sorted by ``query``: the layout's order."""
+    order = np.argsort(query, kind="stable")
+    return order[weight[order] > 0]
 
 
 def columns_from_stats(stats, outputs=None, weight=None):

@@ -634,7 +634,7 @@ def generate_positional(block, b, context, window, u, out):
         seq[n] = y
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
     """Per-column graph diagnostics, one column at a time (memory of the largest column).
 

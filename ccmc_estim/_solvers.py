@@ -404,7 +404,7 @@ def balanced_chunks(cols, cost, n_jobs):
 
 def run_threads(func, chunks, *args):
     """``[func(chunk, *args) for chunk in chunks]``, in threads when there are several (the
-    compiled kernels release the GIL and write their results in place)."""
+    compiled kernels release the GIL)."""
     if len(chunks) <= 1:
         return [func(chunk, *args) for chunk in chunks]
     # The threading backend is named, not preferred: inside ``joblib.parallel_backend("dask")``

@@ -3,7 +3,6 @@
 import time
 import warnings
 from dataclasses import dataclass, replace
-from itertools import pairwise
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from ._columns import build_columns, by_column, columns_from_stats
+from ._columns import build_columns, by_column, columns_from_stats, query_order
 from ._kernels import bias_loglik
 from ._solvers import (
     DENSE_MAX,
@@ -358,31 +357,38 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
     def _fit_blocks(self, flat, indptr, K, outputs, weight, load, n_blocks, threads, t0):
         """The fit in contiguous blocks of columns of similar ``load``, each laid out, solved
-        and reduced to its results on its own (the results are identical to one block's).
+        and reduced to its results on its own.
 
         With ``n_blocks > 1`` (data whose column layout would be large) the blocks are taken
-        one at a time, each on ``threads`` threads, so the memory is the data plus one
-        block; otherwise there is one block per thread, so that the whole fit is one
-        parallel section (each section costs joblib milliseconds to start and collect).
+        one at a time, each on ``threads`` threads, so the memory is the data plus one block;
+        otherwise there is one block per thread, so that the whole fit is one parallel
+        section (each costs joblib milliseconds to start and collect), and the caller has
+        checked that the blocks' dense information stays within the solver's budget: the
+        results are then those of one block, to the last bit.
         """
         from .distributed import _merge, solve_block
 
         query = flat[indptr[1:] - 1]
         scale = weight_scale(weight)
-        bounds = column_ranges(load, K, max(n_blocks, threads))
+        # The blocks of large data depend on their size only, never on n_jobs: each block
+        # keeps the dense information of its columns within the solver's budget.
+        bounds = column_ranges(load, K, n_blocks if n_blocks > 1 else threads)
         inner = threads if n_blocks > 1 else 1
+        # One sort for all blocks: the prompts of columns q0:q1 are a slice of it.
+        order = query_order(query, weight)
+        start = np.searchsorted(query[order], bounds)
 
-        def fit_block(cols):
-            q0, q1 = cols
-            w = np.where((query >= q0) & (query < q1), weight, 0.0)
-            problem = build_columns(flat, indptr, K, outputs, w, n_jobs=inner)
-            del w
+        def fit_block(b):
+            q0, q1 = int(bounds[b]), int(bounds[b + 1])
+            problem = build_columns(flat, indptr, K, outputs, weight, query=query,
+                                    n_jobs=inner, order=order[start[b] : start[b + 1]])
             block = solve_block(self, problem, q0, q1, scale, n_jobs=inner)
             if self.verbose and n_blocks > 1:
-                print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved")
+                print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
+                      f"(block {b + 1} of {bounds.size - 1})")
             return block
 
-        ranges = list(pairwise(bounds.tolist()))
+        ranges = list(range(bounds.size - 1))
         if n_blocks > 1:  # one block at a time: the next layout replaces the last one
             blocks = [fit_block(cols) for cols in ranges]
         else:

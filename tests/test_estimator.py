@@ -90,6 +90,59 @@ def test_n_jobs_identical(solver, budget, monkeypatch, capsys):
         assert a.identifiability_.summary() == b.identifiability_.summary()
 
 
+@pytest.mark.parametrize("case", ["alpha0", "zero weights", "sparse", "warm", "large"])
+def test_column_blocks_per_thread_are_one_fit(case, monkeypatch, capsys):
+    # One column block per thread (or, for large data, blocks in turn with threads inside,
+    # each within the information budget) gives the one-thread fit to the last bit.
+    from ccmc_estim import _solvers
+    from ccmc_estim import estimator as estimator_module
+
+    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(estimator_module, "THREAD_MIN_WORK", 0)
+    X, y, _ = make_ccmc_data(1500, 15, (2, 12), token_distribution="zipf", random_state=3)
+    if case == "large":  # two blocks (fewer than threads), a budget that binds inside each
+        n_tokens = sum(len(p) for p in X)
+        monkeypatch.setattr(estimator_module, "LAYOUT_BUDGET", 6 * n_tokens + 1)
+        monkeypatch.setattr(_solvers, "INFO_BUDGET", 400)
+        monkeypatch.setattr(estimator_module, "INFO_BUDGET", 400)
+    w = np.random.default_rng(0).integers(0, 3, y.size).astype(float)
+    params = dict(alpha=0.0 if case == "alpha0" else 0.5, sparse=case == "sparse",
+                  warm_start=case == "warm")
+    fit_w = w if case == "zero weights" else None
+    fits = []
+    for n_jobs in (1, 2, 3):
+        est = CCMCEstimator(n_jobs=n_jobs, verbose=2, **params)
+        if case == "warm":
+            est.fit(X[:500], y[:500])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X, y, sample_weight=fit_w)
+        out = capsys.readouterr().out
+        assert ("column blocks" in out) == (n_jobs > 1 or case == "large")
+        fits.append((est, sorted(str(c.message) for c in caught)))
+    (a, warn_a), *rest = fits
+    for b, warn_b in rest:
+        assert warn_b == warn_a
+        for name in ("logits_", "identified_", "logits_se_"):
+            x, z = getattr(a, name), getattr(b, name)
+            if hasattr(x, "toarray"):
+                x, z = x.toarray(), z.toarray()
+            np.testing.assert_array_equal(x, z)
+        assert a.model_.sparse == b.model_.sparse == (case == "sparse")
+        np.testing.assert_array_equal(a.n_iter_, b.n_iter_)
+        assert (a.objective_, a.log_likelihood_, a.bic_, a.n_free_params_) == (
+            b.objective_, b.log_likelihood_, b.bic_, b.n_free_params_)
+        ra, rb = a.identifiability_, b.identifiability_
+        assert ra.summary() == rb.summary()
+        for name in ("n_prompts", "n_components", "mle_exists", "id_ptr", "id_tokens",
+                     "n_cooccur", "chosen"):
+            np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name))
+        for da, db in ((ra.dominant or {}, rb.dominant or {}), (ra.components, rb.components)):
+            assert list(da) == list(db)
+            for q in da:
+                np.testing.assert_array_equal(da[q], db[q])
+
+
 @pytest.mark.parametrize("solver", ["newton", "newton-cg"])
 @pytest.mark.parametrize("max_iter, tol, status", [(1, 1e-6, "MAX_ITER"),
                                                    (100, 1e-6, "CONVERGED"),
