@@ -12,9 +12,9 @@ token (id 0, never copied), 64-token windows, 500,000 training pairs drawn at ra
 training windows (seed 0), every held-out window scored.  Rows: the mixture
 (``MixtureCCMCEstimator(unknown_id=0)``, SQUAREM, one Newton step per M-step, 5 inner steps), the
 same fitted by a straightforward EM (15 iterations, each a full refit of the logits: Newton to
-a mean-loss gradient of 1e-10 in every column, no inner steps, no acceleration), and the baselines of ``compare_models``
-(Witten-Bell bigram, unigram, cache model with its weight tuned on the held-out pairs).  Fit
-times are medians of ``--repeats`` runs in this process after a warm-up fit (numba cache warm).
+a mean-loss gradient of 1e-10 in every column, no inner steps, no acceleration), and the
+baselines of ``compare_models`` (Witten-Bell bigram, unigram, cache model with its weight tuned
+on the held-out pairs).  Fit times are medians of ``--repeats`` runs in this process after a warm-up fit (numba cache warm).
 
 Usage: python benchmarks/bench_mixture.py [--repeats 3] [--out FILE]
 """
