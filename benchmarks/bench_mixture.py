@@ -14,7 +14,8 @@ training windows (seed 0), every held-out window scored.  Rows: the mixture
 same fitted by a straightforward EM (15 iterations, each a full refit of the logits: Newton to
 a mean-loss gradient of 1e-10 in every column, no inner steps, no acceleration), and the
 baselines of ``compare_models`` (Witten-Bell bigram, unigram, cache model with its weight tuned
-on the held-out pairs).  Fit times are medians of ``--repeats`` runs in this process after a warm-up fit (numba cache warm).
+on the held-out pairs).  Fit times are medians of ``--repeats`` runs in this process after a
+warm-up fit (numba cache warm).
 
 Usage: python benchmarks/bench_mixture.py [--repeats 3] [--out FILE]
 """
