@@ -12,17 +12,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from . import _solvers
 from ._columns import build_columns, by_column, columns_from_stats, query_order
 from ._kernels import bias_loglik
-from ._solvers import (
-    DENSE_MAX,
-    INFO_BUDGET,
-    MAX_ITER,
-    THREAD_MIN_WORK,
-    column_ranges,
-    run_threads,
-    solve_columns,
-)
+from ._solvers import DENSE_MAX, MAX_ITER, column_ranges, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
@@ -335,13 +328,13 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         query = flat[indptr[1:] - 1]
         load = np.bincount(query, weights=np.diff(indptr) * (weight > 0), minlength=K)
         n_blocks = int(np.ceil(_LAYOUT_BYTES * flat.size / LAYOUT_BUDGET))
-        threads = n_threads(self.n_jobs) if flat.size >= THREAD_MIN_WORK else 1
+        threads = n_threads(self.n_jobs) if flat.size >= _solvers.THREAD_MIN_WORK else 1
         # Columns of at most DENSE_MAX identified logits keep their dense information within
         # the solver's budget, in column order: blocks solved side by side must not reach
         # it, or which columns keep it would depend on n_jobs.
         cap = np.minimum(np.minimum(load, K), DENSE_MAX)
-        if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= INFO_BUDGET):
-            return self._fit_blocks(flat, indptr, K, outputs, weight, load, n_blocks,
+        if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= _solvers.INFO_BUDGET):
+            return self._fit_blocks(flat, indptr, query, K, outputs, weight, load, n_blocks,
                                     threads, t0)
         problem = build_columns(flat, indptr, K, outputs, weight, n_jobs=threads)
         del flat, indptr  # the column layout holds all the fit needs
@@ -355,7 +348,8 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             print(f"{type(self).__name__}: {what} ({time.perf_counter() - t0:.3f} s)",
                   flush=True)
 
-    def _fit_blocks(self, flat, indptr, K, outputs, weight, load, n_blocks, threads, t0):
+    def _fit_blocks(self, flat, indptr, query, K, outputs, weight, load, n_blocks, threads,
+                    t0):
         """The fit in contiguous blocks of columns of similar ``load``, each laid out, solved
         and reduced to its results on its own.
 
@@ -368,7 +362,6 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         """
         from .distributed import _merge, solve_block
 
-        query = flat[indptr[1:] - 1]
         scale = weight_scale(weight)
         # The blocks of large data depend on their size only, never on n_jobs: each block
         # keeps the dense information of its columns within the solver's budget.

@@ -458,9 +458,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         Stop when an iteration lowers the objective by less than ``tol`` times its size (its
         size is about the number of pairs times the entropy per token).
     newton_steps : int, default=1
-        Newton iterations of the logits per M-step (a partial M-step).  A column whose
-        gradient of the mean loss is already below ``tol / 100`` takes none (late in the EM,
-        a third of the columns' work).
+        Newton iterations of the logits per M-step (a partial M-step).  A column already
+        within ``tol / 100`` of the solvers' stopping rule (gradient of its mean loss) takes
+        none.
     inner_steps : int, default=5
         EM steps for the copy weights and the base chain at fixed copy logits within every
         iteration, before the logits' M-step (a shared copy weight stays fixed in them: it

@@ -68,15 +68,12 @@ def test_invariances():
 @pytest.mark.parametrize("budget", [None, 10])
 def test_n_jobs_identical(solver, budget, monkeypatch, capsys):
     from ccmc_estim import _solvers
-    from ccmc_estim import estimator as estimator_module
 
     # Threads even for this small problem: one column block per thread, or (with a tiny
     # budget for the dense information) one layout solved by threads.
     monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
-    monkeypatch.setattr(estimator_module, "THREAD_MIN_WORK", 0)
     if budget is not None:
         monkeypatch.setattr(_solvers, "INFO_BUDGET", budget)
-        monkeypatch.setattr(estimator_module, "INFO_BUDGET", budget)
     X, y, _ = make_ccmc_data(3000, 12, (3, 15), token_distribution="zipf", random_state=5)
     a = CCMCEstimator(solver=solver, n_jobs=1).fit(X, y)
     for n_jobs in (2, 3):
@@ -98,13 +95,11 @@ def test_column_blocks_per_thread_are_one_fit(case, monkeypatch, capsys):
     from ccmc_estim import estimator as estimator_module
 
     monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
-    monkeypatch.setattr(estimator_module, "THREAD_MIN_WORK", 0)
     X, y, _ = make_ccmc_data(1500, 15, (2, 12), token_distribution="zipf", random_state=3)
     if case == "large":  # two blocks (fewer than threads), a budget that binds inside each
         n_tokens = sum(len(p) for p in X)
         monkeypatch.setattr(estimator_module, "LAYOUT_BUDGET", 6 * n_tokens + 1)
         monkeypatch.setattr(_solvers, "INFO_BUDGET", 400)
-        monkeypatch.setattr(estimator_module, "INFO_BUDGET", 400)
     w = np.random.default_rng(0).integers(0, 3, y.size).astype(float)
     params = dict(alpha=0.0 if case == "alpha0" else 0.5, sparse=case == "sparse",
                   warm_start=case == "warm")
