@@ -383,7 +383,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
         ranges = list(range(bounds.size - 1))
         if n_blocks > 1:  # one block at a time: the next layout replaces the last one
-            blocks = [fit_block(cols) for cols in ranges]
+            blocks = [fit_block(b) for b in ranges]
         else:
             blocks = run_threads(fit_block, ranges)
         self._stage(f"laid out and solved {len(ranges)} column blocks", t0)
