@@ -336,7 +336,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= _solvers.INFO_BUDGET):
             return self._fit_blocks(flat, indptr, query, K, outputs, weight, load, n_blocks,
                                     threads, t0)
-        problem = build_columns(flat, indptr, K, outputs, weight, n_jobs=threads)
+        problem = build_columns(flat, indptr, K, outputs, weight, query=query, n_jobs=threads)
         del flat, indptr  # the column layout holds all the fit needs
         self._stage(f"column layout: {problem.indptr[-1]:,} entries, {problem.n_params:,} "
                     "identified logits", t0)
@@ -381,12 +381,12 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                       f"(block {b + 1} of {bounds.size - 1})")
             return block
 
-        ranges = list(range(bounds.size - 1))
+        indices = list(range(bounds.size - 1))
         if n_blocks > 1:  # one block at a time: the next layout replaces the last one
-            blocks = [fit_block(b) for b in ranges]
+            blocks = [fit_block(b) for b in indices]
         else:
-            blocks = run_threads(fit_block, ranges)
-        self._stage(f"laid out and solved {len(ranges)} column blocks", t0)
+            blocks = run_threads(fit_block, indices)
+        self._stage(f"laid out and solved {len(indices)} column blocks", t0)
         report, theta, solution = _merge(blocks, K, self.sparse)
         del blocks
         n_obs = scale * float((weight / scale).sum())

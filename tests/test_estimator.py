@@ -80,11 +80,29 @@ def test_n_jobs_identical(solver, budget, monkeypatch, capsys):
         b = CCMCEstimator(solver=solver, n_jobs=n_jobs, verbose=2).fit(X, y)
         blocks = "column blocks" in capsys.readouterr().out
         assert blocks == (budget is None)
-        np.testing.assert_array_equal(a.logits_, b.logits_)
-        np.testing.assert_array_equal(a.logits_se_, b.logits_se_)
-        np.testing.assert_array_equal(a.n_iter_, b.n_iter_)
-        assert a.objective_ == b.objective_ and a.bic_ == b.bic_
-        assert a.identifiability_.summary() == b.identifiability_.summary()
+        _assert_same_fit(a, b)
+
+
+def _assert_same_fit(a, b):
+    """Two fitted CCMCEstimators are equal to the last bit, report included."""
+    for name in ("logits_", "identified_", "logits_se_"):
+        x, z = getattr(a, name), getattr(b, name)
+        if hasattr(x, "toarray"):
+            x, z = x.toarray(), z.toarray()
+        np.testing.assert_array_equal(x, z)
+    assert a.model_.sparse == b.model_.sparse
+    np.testing.assert_array_equal(a.n_iter_, b.n_iter_)
+    assert (a.objective_, a.log_likelihood_, a.bic_, a.n_free_params_) == (
+        b.objective_, b.log_likelihood_, b.bic_, b.n_free_params_)
+    ra, rb = a.identifiability_, b.identifiability_
+    assert ra.summary() == rb.summary()
+    for name in ("n_prompts", "n_components", "mle_exists", "id_ptr", "id_tokens",
+                 "n_cooccur", "chosen"):
+        np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name))
+    for da, db in ((ra.dominant or {}, rb.dominant or {}), (ra.components, rb.components)):
+        assert list(da) == list(db)
+        for q in da:
+            np.testing.assert_array_equal(da[q], db[q])
 
 
 @pytest.mark.parametrize("case", ["alpha0", "zero weights", "sparse", "warm", "large"])
@@ -116,26 +134,10 @@ def test_column_blocks_per_thread_are_one_fit(case, monkeypatch, capsys):
         assert ("column blocks" in out) == (n_jobs > 1 or case == "large")
         fits.append((est, sorted(str(c.message) for c in caught)))
     (a, warn_a), *rest = fits
+    assert a.model_.sparse == (case == "sparse")
     for b, warn_b in rest:
         assert warn_b == warn_a
-        for name in ("logits_", "identified_", "logits_se_"):
-            x, z = getattr(a, name), getattr(b, name)
-            if hasattr(x, "toarray"):
-                x, z = x.toarray(), z.toarray()
-            np.testing.assert_array_equal(x, z)
-        assert a.model_.sparse == b.model_.sparse == (case == "sparse")
-        np.testing.assert_array_equal(a.n_iter_, b.n_iter_)
-        assert (a.objective_, a.log_likelihood_, a.bic_, a.n_free_params_) == (
-            b.objective_, b.log_likelihood_, b.bic_, b.n_free_params_)
-        ra, rb = a.identifiability_, b.identifiability_
-        assert ra.summary() == rb.summary()
-        for name in ("n_prompts", "n_components", "mle_exists", "id_ptr", "id_tokens",
-                     "n_cooccur", "chosen"):
-            np.testing.assert_array_equal(getattr(ra, name), getattr(rb, name))
-        for da, db in ((ra.dominant or {}, rb.dominant or {}), (ra.components, rb.components)):
-            assert list(da) == list(db)
-            for q in da:
-                np.testing.assert_array_equal(da[q], db[q])
+        _assert_same_fit(a, b)
 
 
 @pytest.mark.parametrize("solver", ["newton", "newton-cg"])
