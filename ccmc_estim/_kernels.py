@@ -595,6 +595,59 @@ def bias_loglik(flat, indptr, query, outputs, weight, w_ptr, w_idx, w_val, b, gr
 
 
 @njit(cache=True)
+def distance_sums(flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, outputs, unk, n_buckets):
+    """Attention at fixed logits, summed by distance bucket (``min(d, n_buckets - 1)``), for
+    each laid-out prompt ``p`` (its pair ``rows[p]``, columns in the order of ``col_ptr``):
+    ``A[p, d]`` over all its positions and, as a list of (bucket, value) per prompt, over the
+    positions holding its output, both scaled by the prompt's largest ``exp(theta)``.  The
+    token ``unk`` (-1: none) is never attended.  The copy likelihood at any bias ``b`` is then
+    ``log(Y_p . e^b) - log(A_p . e^b)``, a few dense products instead of a pass over the
+    prompts (see ``mixture._BiasData``)."""
+    n_tokens = id_ptr.size - 1
+    n = rows.size
+    A = np.zeros((n, n_buckets))
+    y_ptr = np.zeros(n + 1, np.int64)
+    for p in range(n):
+        i = rows[p]
+        y = outputs[i]
+        c = 0
+        for j in range(indptr[i], indptr[i + 1]):
+            if flat[j] == y:
+                c += 1
+        y_ptr[p + 1] = y_ptr[p] + c
+    y_bucket = np.empty(y_ptr[n], np.int64)
+    y_val = np.empty(y_ptr[n])
+    mark = np.zeros(n_tokens, np.int64)
+    for q in range(n_tokens):
+        if col_ptr[q + 1] == col_ptr[q]:
+            continue
+        for k in range(id_ptr[q], id_ptr[q + 1]):
+            mark[id_tokens[k]] = k
+        for p in range(col_ptr[q], col_ptr[q + 1]):
+            i = rows[p]
+            a = indptr[i]
+            end = indptr[i + 1] - 1
+            m = -np.inf
+            for j in range(a, end + 1):
+                if flat[j] != unk:
+                    m = max(m, theta[mark[flat[j]]])
+            y = outputs[i]
+            k = y_ptr[p]
+            for j in range(a, end + 1):
+                t = flat[j]
+                if t == unk:
+                    continue
+                d = min(end - j, n_buckets - 1)
+                e = np.exp(theta[mark[t]] - m)
+                A[p, d] += e
+                if t == y:
+                    y_bucket[k] = d
+                    y_val[k] = e
+                    k += 1
+    return A, y_ptr, y_bucket, y_val
+
+
+@njit(cache=True)
 def generate_positional(block, b, context, window, u, out):
     """Generation from a CCMC with a relative position bias ``b`` (``b[-1]`` for all larger
     distances), in support-local ids as :func:`generate_tokens`: tokens at distance
@@ -815,43 +868,56 @@ def _search(cdf, lo, hi, target):
 
 @njit(cache=True)
 def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cdf, lam, unk,
-                     context, window, u, out):
+                     bias, context, window, u, out):
     """Generation from a copy-and-generate mixture: the support grows as the base chain
     emits new tokens.  ``u`` holds three uniforms per step (copy or generate, which source,
-    which token); ``c_cum`` the cumulative base-chain counts within each column."""
+    which token); ``c_cum`` the cumulative base-chain counts within each column.  The copy
+    part weighs a position at distance ``d`` by ``exp(bias[min(d, len(bias) - 1)])``
+    (``bias = [0]``: plain counts): as in :func:`generate_positional`, the positions at
+    distances of at least ``len(bias) - 1`` are counted incrementally, the more recent ones
+    summed at each step."""
     K = total.size
     L = context.size
-    m = np.zeros(K)
+    B = bias.size
+    expb = np.exp(bias - bias.max())
+    seq = np.empty(L + out.size, np.int64)
+    seq[:L] = context
+    m = np.zeros(K)  # occurrences in the window
+    old = np.zeros(K)  # occurrences at positions lo..rhi-1 (distance >= B - 1)
+    recent = np.zeros(K)
     pos = np.full(K, -1, np.int64)  # position of a token in the list of present tokens
     present = np.empty(K, np.int64)
     n_present = 0
-    n_ring = min(window, L + out.size) if window > 0 else 1
-    ring = np.empty(max(n_ring, 1), np.int64)
-    keep = L if window == 0 or window > L else window
-    ring_len = 0
-    head = 0
-    for i in range(L - keep, L):
-        t = context[i]
+    lo = 0 if window == 0 else max(0, L - window)
+    for i in range(lo, L):
+        t = seq[i]
         if m[t] == 0:
             pos[t] = n_present
             present[n_present] = t
             n_present += 1
         m[t] += 1.0
-        if window > 0:
-            ring[ring_len] = t
-            ring_len += 1
+    rhi = lo
     z = np.empty(K)
     q = context[L - 1]
     for step in range(out.size):
+        n = L + step  # the context is seq[lo:n]
+        hi = max(lo, n - B + 1)
+        while rhi < hi:
+            old[seq[rhi]] += 1.0
+            rhi += 1
         n_copy = n_present - (1 if unk >= 0 and m[unk] > 0 else 0)
         if n_copy > 0 and u[step, 0] < lam[q]:
-            s = 0
+            for j in range(hi, n):
+                recent[seq[j]] += expb[n - 1 - j]
             for r in range(n_present):
                 t = present[r]
                 if t == unk:
                     z[r] = -np.inf
                 else:
-                    z[r] = csc_lookup(w_ptr, w_idx, w_val, t, q, w_ptr[q])[0] + np.log(m[t])
+                    z[r] = (csc_lookup(w_ptr, w_idx, w_val, t, q, w_ptr[q])[0]
+                            + np.log(old[t] * expb[B - 1] + recent[t]))
+            for j in range(hi, n):
+                recent[seq[j]] = 0.0
             logsumexp_inplace(z, 0, n_present, True)
             c = 0.0
             y = -1
@@ -869,25 +935,24 @@ def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cd
         else:
             s = _search(u_cdf, 0, K, u[step, 2] * u_cdf[K - 1])
         out[step] = s
+        seq[n] = s
         if m[s] == 0:
             pos[s] = n_present
             present[n_present] = s
             n_present += 1
         m[s] += 1.0
-        if window > 0:
-            if ring_len == window:
-                old = ring[head]
-                ring[head] = s
-                head = (head + 1) % window
-                m[old] -= 1.0
-                if m[old] == 0:  # swap-remove from the list of present tokens
-                    r = pos[old]
-                    last = present[n_present - 1]
-                    present[r] = last
-                    pos[last] = r
-                    pos[old] = -1
-                    n_present -= 1
-            else:
-                ring[(head + ring_len) % window] = s
-                ring_len += 1
+        if window > 0 and n + 1 - lo > window:  # the oldest position leaves the window
+            t = seq[lo]
+            if lo < rhi:
+                old[t] -= 1.0
+            lo += 1
+            rhi = max(rhi, lo)
+            m[t] -= 1.0
+            if m[t] == 0:  # swap-remove from the list of present tokens
+                r = pos[t]
+                last = present[n_present - 1]
+                present[r] = last
+                pos[last] = r
+                pos[t] = -1
+                n_present -= 1
         q = s

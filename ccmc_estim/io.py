@@ -31,7 +31,8 @@ key                    dtype        shape         content
 ``logits_data``        float64      (nnz,)        the compressed-column (CSC) parts of sparse
 ``logits_indices``     int32/int64  (nnz,)        logits: row indices sorted within each
 ``logits_indptr``      int64        (K + 1,)      column, no duplicates
-``position_bias``      float64      (D + 1,)      ``PositionalCCMC`` only
+``position_bias``      float64      (D + 1,)      ``PositionalCCMC``, or a ``MixtureCCMC`` whose
+                                                  copy part is one
 ``copy_weight`` ...    numeric                    ``MixtureCCMC`` only: the arrays of its
                                                   ``_to_arrays()`` (copy weights, the base
                                                   chain's counts as CSC parts ``base_counts_*``,
@@ -117,7 +118,8 @@ def _mixture_from_arrays(arrays, K):
     cls = _mixture_class()
     if cls is None:  # pragma: no cover
         raise ValueError("this installation of ccmc_estim cannot read MixtureCCMC files.")
-    _logits_from_arrays(arrays, K)  # the copy part's logits, checked as for a CCMC
+    # The copy part's logits (and bias), checked as for a CCMC (a PositionalCCMC).
+    (_positional_from_arrays if "position_bias" in arrays else _logits_from_arrays)(arrays, K)
     model = cls._from_arrays(arrays)
     if model.n_tokens != K:
         raise ValueError(f"the MixtureCCMC arrays describe {model.n_tokens} tokens, "

@@ -21,6 +21,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from scipy import sparse
+from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
@@ -36,12 +37,11 @@ from ._stats import (
     check_sample_weight,
     n_threads,
     number,
-    prompt_stats,
 )
 from .diagnostics import report_from_columns, use_sparse
 from .distributed import is_dask_collection
 from .estimator import _HashableTokens, centre_columns
-from .model import CCMC, dense_size_check
+from .model import CCMC, PositionalCCMC, check_position_bias, dense_size_check
 
 
 # --------------------------------------------------------------------------- base chain
@@ -264,6 +264,8 @@ class MixtureCCMC:
             raise ValueError(f"unknown_id must be None or a token id in 0..{K - 1}.")
         lam.setflags(write=False)
         self.ccmc = ccmc
+        # The copy part's bias by distance, [0] for a plain CCMC (generation's one kernel).
+        self._bias = ccmc.position_bias if isinstance(ccmc, PositionalCCMC) else np.zeros(1)
         self.base_chain = base_chain
         self.copy_weight = lam
         self.unknown_id = None if unknown_id is None else int(unknown_id)
@@ -274,7 +276,7 @@ class MixtureCCMC:
 
     def _copy_stats(self, prompts):
         """Prompt statistics of the copy part: the unknown token's entries removed."""
-        stats = prompt_stats(prompts, self.n_tokens)
+        stats = self.ccmc._stats(prompts)
         if self.unknown_id is None:
             return stats
         keep = stats.tokens != self.unknown_id
@@ -383,7 +385,7 @@ class MixtureCCMC:
             *self.ccmc._csc, c.indptr.astype(np.int64), c.indices.astype(np.int64),
             np.cumsum(c.data), self.base_chain._total, self.base_chain.prior_weight,
             np.cumsum(self.base_chain.unigram), np.asarray(self.copy_weight),
-            -1 if self.unknown_id is None else self.unknown_id,
+            -1 if self.unknown_id is None else self.unknown_id, self._bias,
             np.asarray(prompt, np.int64), window, u, out)
 
     # ------------------------------------------------------------------ files
@@ -402,6 +404,8 @@ class MixtureCCMC:
             out.update(logits_data=val, logits_indices=idx, logits_indptr=ptr)
         else:
             out["logits"] = self.ccmc.logits
+        if isinstance(self.ccmc, PositionalCCMC):
+            out["position_bias"] = self.ccmc.position_bias
         return out
 
     @classmethod
@@ -412,6 +416,8 @@ class MixtureCCMC:
         else:
             ccmc = CCMC(sparse.csc_array((arrays["logits_data"], arrays["logits_indices"],
                                           arrays["logits_indptr"]), shape=(K, K)))
+        if "position_bias" in arrays:
+            ccmc = PositionalCCMC(ccmc.logits, arrays["position_bias"])
         counts = sparse.csc_array((arrays["base_counts_data"], arrays["base_counts_indices"],
                                    arrays["base_counts_indptr"]), shape=(K, K))
         chain = BaseChain(counts, arrays["base_prior_weight"], arrays["base_unigram"])
@@ -525,6 +531,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         "tol": [number(Real, 0, None, closed="neither")],
         "newton_steps": [number(Integral, 1, 10**6)],
         "inner_steps": [number(Integral, 0, 10**6)],
+        "max_distance": [number(Integral, 0, 10**6)],
+        "position_bias": [None, "array-like"],
         "acceleration": [StrOptions({"squarem"}), None],
         "warm_start": ["boolean"],
         "sparse": [StrOptions({"auto"}), "boolean"],
@@ -536,8 +544,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     def __init__(self, alpha=1.0, *, n_tokens=None, smoothing="witten-bell",
                  copy_prior=(1.0, 1.0), copy_weight="per_query", unknown_id=None,
                  max_iter=200, tol=1e-4, newton_steps=1, inner_steps=5,
-                 acceleration="squarem", warm_start=False, sparse="auto", n_jobs=None,
-                 verbose=0):
+                 max_distance=0, position_bias=None, acceleration="squarem", warm_start=False,
+                 sparse="auto", n_jobs=None, verbose=0):
         self.alpha = alpha
         self.n_tokens = n_tokens
         self.smoothing = smoothing
@@ -548,6 +556,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.newton_steps = newton_steps
         self.inner_steps = inner_steps
+        self.max_distance = max_distance
+        self.position_bias = position_bias
         self.acceleration = acceleration
         self.warm_start = warm_start
         self.sparse = sparse
@@ -614,9 +624,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
     def _em_config(self):
         a, b = self._check_prior()
+        learn = self.position_bias is None
+        bias = (np.zeros(self.max_distance + 1) if learn
+                else check_position_bias(self.position_bias).copy())
+        previous = getattr(self, "position_bias_", None)
+        if learn and self.warm_start and previous is not None and previous.size == bias.size:
+            bias = previous.copy()  # the bias search's start
         return _EMConfig(self.alpha, self.newton_steps, 0.01 * self.tol, self.inner_steps,
                          self.copy_weight == "shared", a, b, self.smoothing, self.unknown_id,
-                         self.n_jobs)
+                         self.n_jobs, bias, learn and bias.size > 1)
 
     def _check_unknown_id(self, n_tokens):
         if self.unknown_id is not None and self.unknown_id >= n_tokens:
@@ -630,7 +646,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         warm = self.warm_start and getattr(self, "n_tokens_", None) == n_tokens
         params = em.initial(self if warm else None)
         trace = [em.objective(params)]
-        n_iter = 0
+        n_iter = n_bias = 0
         converged = False
         while n_iter < self.max_iter:
             n_iter += 1
@@ -643,6 +659,26 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             params = new
             if self.verbose >= 2:
                 print(f"EM iteration {n_iter}: objective {f:.12g}")
+            if trace[-2] - trace[-1] > self.tol * abs(trace[-1]):
+                continue
+            if not em.config.learn_bias:
+                converged = True
+                break
+            # Converged at this bias: a GEM step in the bias, then EM again if it helped.
+            old_bias = em.bias
+            new = em.bias_step(params)
+            f = em.objective(new)
+            n_bias += 1
+            if self.verbose >= 2:
+                print(f"bias step {n_bias}: objective {f:.12g}")
+            if not f <= trace[-1]:  # rounding at convergence: keep the last point
+                new = em.with_bias(params, old_bias)
+                em.objective(new)
+                params = new
+                converged = True
+                break
+            trace.append(f)
+            params = new
             if trace[-2] - trace[-1] <= self.tol * abs(trace[-1]):
                 converged = True
                 break
@@ -650,6 +686,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             warnings.warn(f"EM reached max_iter={self.max_iter} before tol={self.tol:g}; "
                           "increase max_iter.", ConvergenceWarning, stacklevel=3)
         self._store(em, params, np.array(trace), n_iter)
+        self.n_bias_iter_ = n_bias
         if self.verbose:
             print(f"{type(self).__name__}{where}: {n_pairs} pairs ({em.n_covered} copyable), "
                   f"{n_iter} EM iterations, objective {trace[-1]:.10g}, "
@@ -672,7 +709,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         keys = cat([b.keys for b in blocks])
         c = cat([b.c for b in blocks])
         counts = sparse.csc_array((c, (keys % K, keys // K)), shape=(K, K))
-        self.ccmc_ = CCMC(logits)
+        bias = em.bias.copy()
+        self.ccmc_ = CCMC(logits) if bias.size == 1 else PositionalCCMC(logits, bias)
+        self.position_bias_ = bias
         self.base_chain_ = BaseChain(counts, cat([b.beta for b in blocks]), em.unigram)
         self.copy_weight_ = lam
         self.model_ = MixtureCCMC(self.ccmc_, self.base_chain_, lam, self.unknown_id)
@@ -682,7 +721,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         n_queries = sum(b.n_lam for b in blocks)  # queries with a copyable pair
         n_lam = 1 if self.copy_weight == "shared" else n_queries
         n_base = int(keys.size - n_queries)
-        self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base)
+        n_bias = bias.size - 1 if em.config.learn_bias else 0
+        self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base + n_bias)
         n_obs = _sum(b.w_sum for b in blocks)
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
         self.bic_ = np.log(max(n_obs, 1.0)) * self.n_free_params_ - 2.0 * self.log_likelihood_
@@ -767,6 +807,8 @@ class _EMConfig:
     smoothing: object
     unknown_id: int | None
     n_jobs: object  # the estimator's n_jobs: threads are counted where the block lives
+    position_bias: np.ndarray  # the copy part's bias by distance at the start ([0]: none)
+    learn_bias: bool
 
 
 @dataclass(eq=False)
@@ -898,18 +940,10 @@ class _EMBlock:
         # Prompts holding only the unknown token have nothing to copy: their lam is 0.
         copyable = (np.ones(n, bool) if unk is None or n == 0
                     else np.logical_or.reduceat(flat != unk, indptr[:-1]))
-        problem = build_columns(flat, indptr, K, y, np.where(covered, w, 0.0),
-                                n_jobs=self.n_jobs)
-        if unk is not None:
-            # The unknown token's local index in each column (-1: absent), spread over the
-            # entries: two passes over the parameters and one over the entries.
-            is_unk = problem.id_tokens == unk
-            local_unk = np.full(K, -1, np.int32)
-            local_unk[problem.id_query[is_unk]] = (np.flatnonzero(is_unk)
-                                                   - problem.id_ptr[problem.id_query[is_unk]])
-            per_prompt = np.repeat(local_unk, np.diff(problem.col_ptr))
-            problem.count[problem.local == np.repeat(per_prompt, np.diff(problem.indptr))] = 0.0
-            del is_unk, local_unk, per_prompt
+        self.bias = config.position_bias
+        # Kept only to lay out the copy part again at a new bias.
+        self.prompts = (flat, indptr, np.where(covered, w, 0.0)) if config.learn_bias else None
+        problem = self._layout(flat, indptr, y, np.where(covered, w, 0.0), self.bias)
         self.problem = problem
         self.ql = q - self.q0  # column of every pair within the block
         self.y, self.w, self.covered, self.copyable = y, w, covered, copyable
@@ -925,7 +959,46 @@ class _EMBlock:
         self.u_y = self.u_key = self.sum_u_log_u = None
 
     def __sizeof__(self):
-        return _sizeof(self, self.problem)
+        return _sizeof(self, self.problem) + sum(a.nbytes for a in self.prompts or ())
+
+    def _layout(self, flat, indptr, y, w_covered, bias):
+        """The copy part's columns: the covered pairs, every position counted with weight
+        ``exp(bias[d])`` by its distance ``d`` from the end, the unknown token with 0."""
+        K, unk = self.K, self.config.unknown_id
+        dist = {} if bias.size == 1 else {"dist_weight": np.exp(bias - bias.max())}
+        problem = build_columns(flat, indptr, K, y, w_covered, n_jobs=self.n_jobs, **dist)
+        if unk is not None:
+            # The unknown token's local index in each column (-1: absent), spread over the
+            # entries: two passes over the parameters and one over the entries.
+            is_unk = problem.id_tokens == unk
+            local_unk = np.full(K, -1, np.int32)
+            local_unk[problem.id_query[is_unk]] = (np.flatnonzero(is_unk)
+                                                   - problem.id_ptr[problem.id_query[is_unk]])
+            per_prompt = np.repeat(local_unk, np.diff(problem.col_ptr))
+            problem.count[problem.local == np.repeat(per_prompt, np.diff(problem.indptr))] = 0.0
+        return problem
+
+    # ------------------------------------------------------------------ position bias
+    def with_bias(self, bias):
+        """A copy of the block whose copy part is laid out at the bias ``bias`` (the layout's
+        structure, hence the parameters' order, does not depend on it: only the counts)."""
+        new = copy.copy(self)
+        flat, indptr, w_covered = self.prompts
+        new.bias = bias
+        new.problem = self._layout(flat, indptr, self.y, w_covered, bias)
+        return new
+
+    def bias_data(self, params, evaluation):
+        """The block's :class:`_BiasData` at the copy logits of ``params`` and the
+        responsibilities of its E-step ``evaluation``."""
+        flat, indptr, _ = self.prompts
+        pb = self.problem
+        unk = self.config.unknown_id
+        A, y_ptr, y_bucket, y_val = _kernels.distance_sums(
+            flat, indptr, pb.rows, pb.col_ptr, pb.id_ptr, pb.id_tokens, params.theta, self.y,
+            -1 if unk is None else unk, self.bias.size)
+        y_row = np.repeat(np.arange(pb.rows.size), np.diff(y_ptr))
+        return _BiasData(A, y_row, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
 
     # ------------------------------------------------------------------ set-up
     def support(self):
@@ -941,6 +1014,10 @@ class _EMBlock:
         new.u_key = unigram[self.keys % self.K]
         new.sum_u_log_u = sum_u_log_u
         return new
+
+    def without_copy_p(self, params):
+        """``params`` without their copy probabilities (computed at another bias)."""
+        return replace(params, copy_p=None)
 
     def with_lam(self, params, lam):
         """``params`` with the shared copy weight ``lam``."""
@@ -1108,6 +1185,37 @@ class _EMBlock:
             int(report.n_free_params), int((self.n_per_query > 0).sum()), float(self.w.sum()))
 
 
+@dataclass(eq=False)
+class _BiasData:
+    """A block's copy likelihood as a function of the bias alone (logits and
+    responsibilities fixed): attention by distance bucket of every laid-out prompt, ``A``
+    (dense) and at the positions holding its output (``y_row``, ``y_bucket``, ``y_val``),
+    with the prompts' weights ``w r``.  See ``_kernels.distance_sums``."""
+
+    A: np.ndarray
+    y_row: np.ndarray
+    y_bucket: np.ndarray
+    y_val: np.ndarray
+    weight: np.ndarray
+
+    def __sizeof__(self):
+        return _sizeof(self)
+
+
+def _bias_value(data, bias):
+    """The block's weighted copy log-likelihood at ``bias`` and its gradient: the posterior
+    mass of each distance bucket among the positions holding the output minus its attention
+    mass (every term scaled by ``exp(-max bias)``, which cancels)."""
+    e = np.exp(bias - bias.max())
+    c = data.weight
+    a_e = data.A @ e
+    y_e = np.bincount(data.y_row, weights=data.y_val * e[data.y_bucket], minlength=c.size)
+    f = float(c @ (np.log(y_e) - np.log(a_e)))
+    g_y = np.bincount(data.y_bucket, weights=(c / y_e)[data.y_row] * data.y_val,
+                      minlength=e.size)
+    return f, (g_y - data.A.T @ (c / a_e)) * e
+
+
 def _pack(params):
     """``(theta, logit lam, log c)`` as one vector for the extrapolation."""
     with np.errstate(divide="ignore"):
@@ -1194,6 +1302,7 @@ class _EM:
         self.n_copyable = _sum(s.n_copyable for s in support)
         self.n_pairs = sum(s.n_pairs for s in support)
         self.n_covered = sum(s.n_covered for s in support)
+        self.bias = config.position_bias
 
     def _with_lam(self, params):
         """Points from the blocks' M-steps, with the shared copy weight when there is one."""
@@ -1222,7 +1331,8 @@ class _EM:
             self._evaluate(point, quiet)
             parts = self.run.values(self.run.map(_parts, point.evaluation))
             ll, tt, pb, pl = (_sum(p[i] for p in parts) for i in range(4))
-            point.objective = -ll + 0.5 * self.config.alpha * tt - pb - pl
+            penalty = tt + (self.bias @ self.bias if self.config.learn_bias else 0.0)
+            point.objective = -ll + 0.5 * self.config.alpha * penalty - pb - pl
             point.log_likelihood = ll
         return point.objective
 
@@ -1250,6 +1360,35 @@ class _EM:
         if np.isfinite(f_cand) and f_cand <= f_plain:
             return cand, f_cand
         return p2, f_plain
+
+    def bias_step(self, point, max_iter=50):
+        """A GEM step in the copy part's bias: ``point`` (with its E-step) at a bias that
+        raises the expected copy log-likelihood minus ``alpha / 2 |b|^2`` at its logits and
+        responsibilities (L-BFGS-B over ``b[1:]``, ``b[0] = 0`` the gauge; only scalars and
+        the bias travel).  Returns the point at the new bias, its objective not yet reduced.
+
+        Raising the expected complete-data log-likelihood raises the likelihood (EM's
+        inequality), so the objective cannot increase.
+        """
+        run, alpha = self.run, self.config.alpha
+        data = run.map(_EMBlock.bias_data, self.blocks, point.params, point.evaluation)
+
+        def fun(free):
+            b = np.concatenate([[0.0], free])
+            parts = run.values(run.map(_bias_value, data, b))
+            f = _sum(p[0] for p in parts)
+            g = np.array([_sum(p[1][d] for p in parts) for d in range(b.size)])
+            return -f + 0.5 * alpha * float(b @ b), -g[1:] + alpha * b[1:]
+
+        res = minimize(fun, self.bias[1:].copy(), jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter, "ftol": self.config.column_tol})
+        return self.with_bias(point, np.concatenate([[0.0], res.x]))
+
+    def with_bias(self, point, bias):
+        """The blocks laid out at ``bias``, and ``point``'s parameters for them."""
+        self.bias = bias
+        self.blocks = self.run.map(_EMBlock.with_bias, self.blocks, bias)
+        return _Point(self.run.map(_EMBlock.without_copy_p, self.blocks, point.params))
 
     def results(self, point):
         """The fitted blocks at ``point``, in column order."""
