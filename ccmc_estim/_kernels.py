@@ -595,32 +595,31 @@ def bias_loglik(flat, indptr, query, outputs, weight, w_ptr, w_idx, w_val, b, gr
 
 
 @njit(cache=True)
-def distance_sums(flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, outputs, unk, n_buckets):
-    """Attention at fixed logits, summed by distance bucket (``min(d, n_buckets - 1)``), for
-    each laid-out prompt ``p`` (its pair ``rows[p]``, columns in the order of ``col_ptr``):
-    ``A[p, d]`` over all its positions and, as a list of (bucket, value) per prompt, over the
-    positions holding its output, both scaled by the prompt's largest ``exp(theta)``.  The
-    token ``unk`` (-1: none) is never attended.  The copy likelihood at any bias ``b`` is then
-    ``log(Y_p . e^b) - log(A_p . e^b)``, a few dense products instead of a pass over the
-    prompts (see ``mixture._BiasData``)."""
-    n_tokens = id_ptr.size - 1
-    n = rows.size
-    A = np.zeros((n, n_buckets))
-    y_ptr = np.zeros(n + 1, np.int64)
-    for p in range(n):
+def output_occurrences(flat, indptr, rows, outputs):
+    """How often the output of each laid-out prompt (its pair ``rows[p]``) occurs in it."""
+    out = np.zeros(rows.size, np.int64)
+    for p in range(rows.size):
         i = rows[p]
         y = outputs[i]
-        c = 0
         for j in range(indptr[i], indptr[i + 1]):
             if flat[j] == y:
-                c += 1
-        y_ptr[p + 1] = y_ptr[p] + c
-    y_bucket = np.empty(y_ptr[n], np.int64)
-    y_val = np.empty(y_ptr[n])
-    mark = np.zeros(n_tokens, np.int64)
-    for q in range(n_tokens):
-        if col_ptr[q + 1] == col_ptr[q]:
-            continue
+                out[p] += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def distance_sums(cols, flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, outputs, unk,
+                  A, y_ptr, y_bucket, y_val):
+    """Attention at fixed logits, summed by distance bucket (``min(d, n_buckets - 1)``,
+    ``n_buckets = A.shape[1]``), for each laid-out prompt ``p`` of the columns ``cols`` (its
+    pair ``rows[p]``): ``A[p, d]`` over all its positions and, in ``y_ptr[p]:y_ptr[p + 1]``
+    of ``y_bucket``/``y_val``, each position holding its output, all scaled by the prompt's
+    largest ``exp(theta)``.  The token ``unk`` (-1: none) is never attended.  The copy
+    likelihood at any bias ``b`` is then ``log(Y_p . e^b) - log(A_p . e^b)``, a few dense
+    products instead of a pass over the prompts (see ``mixture._BiasData``)."""
+    n_buckets = A.shape[1]
+    mark = np.zeros(id_ptr.size - 1, np.int64)
+    for q in cols:
         for k in range(id_ptr[q], id_ptr[q + 1]):
             mark[id_tokens[k]] = k
         for p in range(col_ptr[q], col_ptr[q + 1]):
@@ -644,7 +643,6 @@ def distance_sums(flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, outputs
                     y_bucket[k] = d
                     y_val[k] = e
                     k += 1
-    return A, y_ptr, y_bucket, y_val
 
 
 @njit(cache=True)

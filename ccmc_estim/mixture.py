@@ -473,6 +473,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         couples every column).  EM couples these with the responsibilities slowly, and their
         steps need no pass over the prompts: on the Python corpus of the benchmarks, 5 of them
         halve the iterations.  0 gives plain EM.
+    max_distance : int, default=0
+        A learned bias ``b[d]`` per distance ``d = 1..max_distance`` from the end of the prompt
+        in the copy part (larger distances share ``b[max_distance]``; ``b[0] = 0``), a
+        :class:`PositionalCCMC`; 0: none.  Penalised by ``alpha / 2 |b|^2``.  Whenever EM has
+        converged at the current bias, a GEM step in the bias (L-BFGS-B at fixed logits and
+        responsibilities) moves it, and EM resumes; the fit stops when such a step lowers the
+        objective by less than ``tol``.
+    position_bias : array-like of shape (D + 1,) or None, default=None
+        A fixed bias of the copy part instead (``max_distance`` is then ignored).
     acceleration : {"squarem", None}, default="squarem"
     warm_start : bool, default=False
         Start from the previous fit when the vocabulary is the same.
@@ -487,8 +496,12 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     model_ : MixtureCCMC
-    ccmc_ : CCMC
-        The copy part (column-centred logits).
+    ccmc_ : CCMC or PositionalCCMC
+        The copy part (column-centred logits; positional with a position bias).
+    position_bias_ : ndarray of shape (D + 1,)
+        The copy part's bias by distance (``[0.]`` without one).
+    n_bias_iter_ : int
+        Bias steps taken (0 unless the bias is learned).
     base_chain_ : BaseChain
     copy_weight_ : ndarray of shape (K,)
         ``lam_q`` per query (all equal with ``copy_weight="shared"``).
@@ -499,9 +512,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     log_likelihood_ : float
         Weighted log-likelihood of the training pairs.
     n_free_params_ : int
-        Free copy logits (identified minus one shift per column), copy weights and base-chain
-        probabilities (distinct observed continuations minus one per query); an approximation
-        for smoothed estimates.
+        Free copy logits (identified minus one shift per column), copy weights, base-chain
+        probabilities (distinct observed continuations minus one per query) and learned bias
+        entries; an approximation for smoothed estimates.
     aic_, bic_ : float
     classes_ : ndarray of shape (K,)
     n_tokens_ : int
@@ -994,10 +1007,15 @@ class _EMBlock:
         flat, indptr, _ = self.prompts
         pb = self.problem
         unk = self.config.unknown_id
-        A, y_ptr, y_bucket, y_val = _kernels.distance_sums(
-            flat, indptr, pb.rows, pb.col_ptr, pb.id_ptr, pb.id_tokens, params.theta, self.y,
-            -1 if unk is None else unk, self.bias.size)
-        y_row = np.repeat(np.arange(pb.rows.size), np.diff(y_ptr))
+        n_y = _kernels.output_occurrences(flat, indptr, pb.rows, self.y)
+        y_ptr = np.zeros(n_y.size + 1, np.int64)
+        np.cumsum(n_y, out=y_ptr[1:])
+        A = np.zeros((pb.rows.size, self.bias.size))
+        y_bucket, y_val = np.empty(y_ptr[-1], np.int64), np.empty(y_ptr[-1])
+        run_threads(_kernels.distance_sums, self.chunks, flat, indptr, pb.rows, pb.col_ptr,
+                    pb.id_ptr, pb.id_tokens, params.theta, self.y, -1 if unk is None else unk,
+                    A, y_ptr, y_bucket, y_val)
+        y_row = np.repeat(np.arange(n_y.size), n_y)
         return _BiasData(A, y_row, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
 
     # ------------------------------------------------------------------ set-up

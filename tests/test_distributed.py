@@ -373,6 +373,22 @@ def test_mixture_fit_equals_in_memory(client, mixture_data, copy_weight, capsys)
                                rtol=1e-10, atol=1e-12)
 
 
+def test_mixture_with_learned_position_bias_equals_in_memory(client, mixture_data):
+    # The bias search sums the blocks' parts of its objective and gradient (rounded
+    # differently, see _equal_mixtures) and lays every block out again at each new bias.
+    X, y, w = mixture_data
+    ref = MixtureCCMCEstimator(max_distance=3, unknown_id=0, tol=1e-8).fit(
+        X, y, sample_weight=w)
+    est = MixtureCCMCEstimator(max_distance=3, unknown_id=0, tol=1e-8).fit(
+        da.from_array(X, chunks=(700, 4)), da.from_array(y, chunks=900),
+        da.from_array(w, chunks=500))
+    assert ref.n_bias_iter_ >= 2
+    assert est.n_bias_iter_ == ref.n_bias_iter_
+    np.testing.assert_allclose(est.position_bias_, ref.position_bias_, rtol=1e-10,
+                               atol=1e-10)
+    _equal_mixtures(ref, est)
+
+
 def test_mixture_one_block_is_the_in_memory_fit(client, mixture_data):
     # One column block runs the in-memory fit's arithmetic exactly, warm start included.
     X, y, w = mixture_data
