@@ -26,6 +26,7 @@ import numpy as np
 from . import (
     CCMC,
     CCMCEstimator,
+    PositionalCCMCEstimator,
     Vocabulary,
     attention_forward,
     collapse_profile,
@@ -345,12 +346,15 @@ def cmd_fit(args, out):
                            "--model mixture")
         prompts, outputs = prompts[keep], outputs[keep]
         meta["n_dropped"] = dropped
-        est = CCMCEstimator(alpha=args.alpha, n_tokens=K, max_iter=args.max_iter or 100,
-                            n_jobs=args.n_jobs)
+        common = {"alpha": args.alpha, "n_tokens": K, "max_iter": args.max_iter or 100,
+                  "n_jobs": args.n_jobs}
+        est = (PositionalCCMCEstimator(max_distance=args.max_distance, **common)
+               if args.max_distance else CCMCEstimator(**common))
     else:
         cls = _mixture_class()
         est = cls(alpha=args.alpha, n_tokens=K, max_iter=args.max_iter or 200,
-                  n_jobs=args.n_jobs, unknown_id=0 if vocab is not None else None)
+                  n_jobs=args.n_jobs, unknown_id=0 if vocab is not None else None,
+                  max_distance=args.max_distance)
     meta["n_pairs"] = int(outputs.size)
     progress.say(f"fitting {type(est).__name__} on {outputs.size:,} pairs, {K:,} tokens")
     t0 = time.perf_counter()
@@ -509,8 +513,8 @@ def cmd_report(args, out):
         say(f"identified      {meta['n_identified']:,} of {K**2:,} logits")
     elif ccmc.sparse and mf.estimator:  # a fit stores exactly the identified logits
         say(f"identified      {nnz:,} of {K**2:,} logits (the stored ones)")
-    if mf.kind == "PositionalCCMC":
-        b = model.position_bias
+    if hasattr(ccmc, "position_bias"):
+        b = ccmc.position_bias
         say("position bias   " + " ".join(f"{v:.3f}" for v in b[:16])
             + (" ..." if b.size > 16 else ""))
     if mf.kind == "MixtureCCMC":
@@ -697,6 +701,10 @@ def build_parser():
                         "whose next token occurs in the prompt (the others are dropped)")
     p.add_argument("--alpha", type=_float_type(0.0), default=1.0,
                    help="L2 penalty on the logits (default 1)")
+    p.add_argument("--max-distance", type=_int_type(0, 10**6), default=0, metavar="D",
+                   help="learn a bias per distance 1..D from the end of the prompt in the "
+                        "copy part (recency; about three times the fit time); 0 (default): "
+                        "none")
     p.add_argument("--max-vocab", type=_int_type(2, None), default=None,
                    metavar="N", help="largest vocabulary, the unknown token included; rarer "
                                      "tokens map to the unknown id 0")

@@ -104,6 +104,23 @@ def test_fit_score_generate_report_mixture(capsys, corpus, tmp_path):
     assert "copy weights" in out and "top base-chain transitions" in out
 
 
+@pytest.mark.parametrize("model", ["mixture", "ccmc"])
+def test_fit_with_a_learned_position_bias(capsys, corpus, tmp_path, model):
+    path, out, _ = fit(capsys, corpus, tmp_path, "--model", model, "--max-distance", 4, "-q")
+    loaded = load_model(path)
+    assert loaded.params["max_distance"] == 4
+    ccmc = loaded.model.ccmc if model == "mixture" else loaded.model
+    # The corpus repeats the word 1 to 4 positions back, at distances 0 to 3 from the query:
+    # those weigh more than the older positions (distance 4 and beyond share b[4]).
+    b = ccmc.position_bias
+    assert b.shape == (5,) and b[:4].min() > b[4] + 1
+    code, out, _ = run(capsys, "report", path)
+    assert code == 0 and "position bias" in out
+    code, out, _ = run(capsys, "generate", path, "--prompt", "the cat sat", "-n", 8,
+                       "--seed", 0, "-q")
+    assert code == 0 and len(out.split()) == 8
+
+
 def test_tokenizers(capsys, tmp_path):
     (tmp_path / "chars.txt").write_text("abracadabra abracadabra\n" * 5)
     path = tmp_path / "c.npz"
