@@ -703,7 +703,7 @@ def build_parser():
                    help="L2 penalty on the logits (default 1)")
     p.add_argument("--max-distance", type=_int_type(0, 10**6), default=0, metavar="D",
                    help="learn a bias per distance 1..D from the end of the prompt in the "
-                        "copy part (recency; about three times the fit time); 0 (default): "
+                        "copy part (recency; about 2.3 times the fit time); 0 (default): "
                         "none")
     p.add_argument("--max-vocab", type=_int_type(2, None), default=None,
                    metavar="N", help="largest vocabulary, the unknown token included; rarer "

@@ -215,6 +215,10 @@ def _witten_bell(n_types):
 
 
 # --------------------------------------------------------------------------- model
+_NO_BIAS = np.zeros(1)
+_NO_BIAS.setflags(write=False)
+
+
 class MixtureCCMC:
     """Copy-and-generate model: a CCMC mixed per query with a base Markov chain.
 
@@ -264,8 +268,9 @@ class MixtureCCMC:
             raise ValueError(f"unknown_id must be None or a token id in 0..{K - 1}.")
         lam.setflags(write=False)
         self.ccmc = ccmc
-        # The copy part's bias by distance, [0] for a plain CCMC (generation's one kernel).
-        self._bias = ccmc.position_bias if isinstance(ccmc, PositionalCCMC) else np.zeros(1)
+        # The copy part's bias by distance, [0] for a plain CCMC (generation's one kernel;
+        # read-only as a PositionalCCMC's, for one compiled signature).
+        self._bias = ccmc.position_bias if isinstance(ccmc, PositionalCCMC) else _NO_BIAS
         self.base_chain = base_chain
         self.copy_weight = lam
         self.unknown_id = None if unknown_id is None else int(unknown_id)
@@ -481,10 +486,12 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         responsibilities) moves it, and EM resumes; the fit stops when such a step lowers the
         objective by less than ``tol``.
     position_bias : array-like of shape (D + 1,) or None, default=None
-        A fixed bias of the copy part instead (``max_distance`` is then ignored).
+        A fixed bias of the copy part instead (``max_distance`` is then ignored; shifted so
+        that ``b[0] = 0``).
     acceleration : {"squarem", None}, default="squarem"
     warm_start : bool, default=False
-        Start from the previous fit when the vocabulary is the same.
+        Start from the previous fit when the vocabulary is the same (a learned bias starts
+        from the previous one whenever it has the same length).
     sparse : "auto" or bool, default="auto"
         Storage of the copy logits, as in :class:`CCMCEstimator`.
     n_jobs : int or None, default=None
@@ -506,9 +513,10 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     copy_weight_ : ndarray of shape (K,)
         ``lam_q`` per query (all equal with ``copy_weight="shared"``).
     objective_trace_ : ndarray
-        Penalised objective (negative log-likelihood plus priors) after each iteration;
-        non-increasing.
+        Penalised objective (negative log-likelihood plus priors) at the start and after each
+        EM iteration and each bias step; non-increasing.
     n_iter_ : int
+        EM iterations (bias steps not included).
     log_likelihood_ : float
         Weighted log-likelihood of the training pairs.
     n_free_params_ : int
@@ -678,18 +686,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                 converged = True
                 break
             # Converged at this bias: a GEM step in the bias, then EM again if it helped.
-            old_bias = em.bias
             new = em.bias_step(params)
             f = em.objective(new)
-            n_bias += 1
             if self.verbose >= 2:
-                print(f"bias step {n_bias}: objective {f:.12g}")
+                print(f"bias step {n_bias + 1}: objective {f:.12g}")
             if not f <= trace[-1]:  # rounding at convergence: keep the last point
-                new = em.with_bias(params, old_bias)
-                em.objective(new)
-                params = new
+                em.revert_bias()
                 converged = True
                 break
+            n_bias += 1
             trace.append(f)
             params = new
             if trace[-2] - trace[-1] <= self.tol * abs(trace[-1]):
@@ -734,7 +739,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         n_queries = sum(b.n_lam for b in blocks)  # queries with a copyable pair
         n_lam = 1 if self.copy_weight == "shared" else n_queries
         n_base = int(keys.size - n_queries)
-        n_bias = bias.size - 1 if em.config.learn_bias else 0
+        # Learned entries that some prompt reaches (the others stay at 0).
+        n_bias = min(bias.size, em.max_length) - 1 if em.config.learn_bias else 0
         self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base + n_bias)
         n_obs = _sum(b.w_sum for b in blocks)
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
@@ -868,6 +874,7 @@ class _Support:
     n_copyable: float
     n_pairs: int
     n_covered: int
+    max_length: int  # of the block's prompts
 
 
 @dataclass(eq=False)
@@ -954,9 +961,11 @@ class _EMBlock:
         copyable = (np.ones(n, bool) if unk is None or n == 0
                     else np.logical_or.reduceat(flat != unk, indptr[:-1]))
         self.bias = config.position_bias
+        self.max_length = int(np.diff(indptr).max()) if n else 0
+        w_covered = np.where(covered, w, 0.0)
         # Kept only to lay out the copy part again at a new bias.
-        self.prompts = (flat, indptr, np.where(covered, w, 0.0)) if config.learn_bias else None
-        problem = self._layout(flat, indptr, y, np.where(covered, w, 0.0), self.bias)
+        self.prompts = (flat, indptr, w_covered) if config.learn_bias else None
+        problem = self._layout(flat, indptr, y, w_covered, self.bias)
         self.problem = problem
         self.ql = q - self.q0  # column of every pair within the block
         self.y, self.w, self.covered, self.copyable = y, w, covered, copyable
@@ -1010,7 +1019,8 @@ class _EMBlock:
         n_y = _kernels.output_occurrences(flat, indptr, pb.rows, self.y)
         y_ptr = np.zeros(n_y.size + 1, np.int64)
         np.cumsum(n_y, out=y_ptr[1:])
-        A = np.zeros((pb.rows.size, self.bias.size))
+        # Distances beyond the longest prompt have no position: no bucket for them.
+        A = np.zeros((pb.rows.size, min(self.bias.size, max(self.max_length, 1))))
         y_bucket, y_val = np.empty(y_ptr[-1], np.int64), np.empty(y_ptr[-1])
         run_threads(_kernels.distance_sums, self.chunks, flat, indptr, pb.rows, pb.col_ptr,
                     pb.id_ptr, pb.id_tokens, params.theta, self.y, -1 if unk is None else unk,
@@ -1023,7 +1033,7 @@ class _EMBlock:
         """The block's continuation counts and sizes (:class:`_Support`)."""
         tokens, counts = np.unique(self.keys % self.K, return_counts=True)
         return _Support(tokens, counts, float(self.n_per_query.sum()), int(self.ql.size),
-                        int(self.covered.sum()))
+                        int(self.covered.sum()), self.max_length)
 
     def with_unigram(self, unigram, sum_u_log_u):
         """A copy of the block that knows the base chain's backoff unigram."""
@@ -1223,15 +1233,19 @@ class _BiasData:
 def _bias_value(data, bias):
     """The block's weighted copy log-likelihood at ``bias`` and its gradient: the posterior
     mass of each distance bucket among the positions holding the output minus its attention
-    mass (every term scaled by ``exp(-max bias)``, which cancels)."""
-    e = np.exp(bias - bias.max())
+    mass (every term scaled by ``exp(-max bias)``, which cancels); 0 for the buckets beyond
+    the block's prompts."""
+    used = bias[: data.A.shape[1]]
+    e = np.exp(used - used.max())
     c = data.weight
     a_e = data.A @ e
     y_e = np.bincount(data.y_row, weights=data.y_val * e[data.y_bucket], minlength=c.size)
     f = float(c @ (np.log(y_e) - np.log(a_e)))
     g_y = np.bincount(data.y_bucket, weights=(c / y_e)[data.y_row] * data.y_val,
                       minlength=e.size)
-    return f, (g_y - data.A.T @ (c / a_e)) * e
+    grad = np.zeros(bias.size)
+    grad[: e.size] = (g_y - data.A.T @ (c / a_e)) * e
+    return f, grad
 
 
 def _pack(params):
@@ -1320,7 +1334,9 @@ class _EM:
         self.n_copyable = _sum(s.n_copyable for s in support)
         self.n_pairs = sum(s.n_pairs for s in support)
         self.n_covered = sum(s.n_covered for s in support)
+        self.max_length = max(s.max_length for s in support)
         self.bias = config.position_bias
+        self._before_bias = None
 
     def _with_lam(self, params):
         """Points from the blocks' M-steps, with the shared copy weight when there is one."""
@@ -1383,7 +1399,8 @@ class _EM:
         """A GEM step in the copy part's bias: ``point`` (with its E-step) at a bias that
         raises the expected copy log-likelihood minus ``alpha / 2 |b|^2`` at its logits and
         responsibilities (L-BFGS-B over ``b[1:]``, ``b[0] = 0`` the gauge; only scalars and
-        the bias travel).  Returns the point at the new bias, its objective not yet reduced.
+        the bias and the blocks' parts of the objective and gradient travel).  Returns the point
+        at the new bias, its objective not yet reduced; :meth:`revert_bias` undoes the step.
 
         Raising the expected complete-data log-likelihood raises the likelihood (EM's
         inequality), so the objective cannot increase.
@@ -1400,13 +1417,16 @@ class _EM:
 
         res = minimize(fun, self.bias[1:].copy(), jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "ftol": self.config.column_tol})
-        return self.with_bias(point, np.concatenate([[0.0], res.x]))
-
-    def with_bias(self, point, bias):
-        """The blocks laid out at ``bias``, and ``point``'s parameters for them."""
-        self.bias = bias
-        self.blocks = self.run.map(_EMBlock.with_bias, self.blocks, bias)
+        data.clear()  # the distance sums go before the new layouts are built
+        self._before_bias = (self.bias, self.blocks)
+        self.bias = np.concatenate([[0.0], res.x])
+        self.blocks = self.run.map(_EMBlock.with_bias, self.blocks, self.bias)
         return _Point(self.run.map(_EMBlock.without_copy_p, self.blocks, point.params))
+
+    def revert_bias(self):
+        """The bias and blocks from before the last :meth:`bias_step`."""
+        self.bias, self.blocks = self._before_bias
+        self._before_bias = None
 
     def results(self, point):
         """The fitted blocks at ``point``, in column order."""

@@ -459,3 +459,49 @@ def test_positional_mixture_generation_and_files(rng, tmp_path):
     back = load_model(tmp_path / "m.npz").model
     np.testing.assert_array_equal(back.ccmc.position_bias, model.ccmc.position_bias)
     np.testing.assert_array_equal(back.predict_proba([prompt]), model.predict_proba([prompt]))
+
+
+def test_learned_bias_does_not_depend_on_threads(monkeypatch):
+    from ccmc_estim import _columns, _solvers
+
+    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)
+    rng = np.random.default_rng(6)
+    truth = _positional_truth(rng)
+    X, y = _simulate(truth, rng, 4000, 10)
+    # max_distance=12 reaches past the prompts' 10 positions: distances 10 to 12 never occur.
+    fits = [MixtureCCMCEstimator(max_distance=12, unknown_id=0, n_jobs=j).fit(X, y)
+            for j in (1, 2, 3)]
+    assert fits[0].n_bias_iter_ >= 2
+    for est in fits[1:]:
+        np.testing.assert_array_equal(est.objective_trace_, fits[0].objective_trace_)
+        np.testing.assert_array_equal(est.position_bias_, fits[0].position_bias_)
+        np.testing.assert_array_equal(est.ccmc_.toarray(), fits[0].ccmc_.toarray())
+        np.testing.assert_array_equal(est.copy_weight_, fits[0].copy_weight_)
+        np.testing.assert_array_equal(est.base_chain_.toarray(), fits[0].base_chain_.toarray())
+    b = fits[0].position_bias_
+    assert np.all(b[10:] == 0) and np.all(b[1:10] != 0)
+    plain = MixtureCCMCEstimator(unknown_id=0).fit(X, y)
+    assert fits[0].n_free_params_ == plain.n_free_params_ + 9
+
+
+def test_a_bias_step_that_does_not_help_is_undone(monkeypatch):
+    from types import SimpleNamespace
+
+    from ccmc_estim import mixture
+
+    rng = np.random.default_rng(8)
+    model = _random_mixture(rng, 5)  # no position bias: a far-off one is worse
+    X, y = _simulate(model, rng, 3000, 6)
+
+    def bad_step(fun, x0, **kwargs):
+        return SimpleNamespace(x=x0 + 3.0 * (-1.0) ** np.arange(x0.size))
+
+    monkeypatch.setattr(mixture, "minimize", bad_step)
+    est = MixtureCCMCEstimator(max_distance=4).fit(X, y)
+    at_zero = MixtureCCMCEstimator(position_bias=np.zeros(5)).fit(X, y)
+    assert est.n_bias_iter_ == 0
+    np.testing.assert_array_equal(est.position_bias_, np.zeros(5))
+    np.testing.assert_array_equal(est.objective_trace_, at_zero.objective_trace_)
+    np.testing.assert_array_equal(est.ccmc_.toarray(), at_zero.ccmc_.toarray())
+    np.testing.assert_array_equal(est.predict_proba(X[:20]), at_zero.predict_proba(X[:20]))
