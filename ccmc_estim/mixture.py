@@ -682,7 +682,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                 print(f"EM iteration {n_iter}: objective {f:.12g}")
             if trace[-2] - trace[-1] > self.tol * abs(trace[-1]):
                 continue
-            if not em.config.learn_bias:
+            if not em.config.learn_bias or em.n_bias_used <= 1:
                 converged = True
                 break
             # Converged at this bias: a GEM step in the bias, then EM again if it helped.
@@ -740,7 +740,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         n_lam = 1 if self.copy_weight == "shared" else n_queries
         n_base = int(keys.size - n_queries)
         # Learned entries that some prompt reaches (the others stay at 0).
-        n_bias = min(bias.size, em.max_length) - 1 if em.config.learn_bias else 0
+        n_bias = em.n_bias_used - 1 if em.config.learn_bias else 0
         self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base + n_bias)
         n_obs = _sum(b.w_sum for b in blocks)
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
@@ -1403,25 +1403,33 @@ class _EM:
         at the new bias, its objective not yet reduced; :meth:`revert_bias` undoes the step.
 
         Raising the expected complete-data log-likelihood raises the likelihood (EM's
-        inequality), so the objective cannot increase.
+        inequality), so the objective cannot increase.  Entries for distances no prompt
+        reaches only carry the penalty: they are set to 0, their optimum.
         """
         run, alpha = self.run, self.config.alpha
+        n_used = self.n_bias_used
         data = run.map(_EMBlock.bias_data, self.blocks, point.params, point.evaluation)
 
         def fun(free):
             b = np.concatenate([[0.0], free])
             parts = run.values(run.map(_bias_value, data, b))
             f = _sum(p[0] for p in parts)
-            g = np.array([_sum(p[1][d] for p in parts) for d in range(b.size)])
-            return -f + 0.5 * alpha * float(b @ b), -g[1:] + alpha * b[1:]
+            g = np.array([_sum(p[1][d] for p in parts) for d in range(1, n_used)])
+            return -f + 0.5 * alpha * float(b @ b), -g + alpha * free
 
-        res = minimize(fun, self.bias[1:].copy(), jac=True, method="L-BFGS-B",
+        res = minimize(fun, self.bias[1:n_used].copy(), jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "ftol": self.config.column_tol})
         data.clear()  # the distance sums go before the new layouts are built
         self._before_bias = (self.bias, self.blocks)
-        self.bias = np.concatenate([[0.0], res.x])
+        self.bias = np.zeros(self.bias.size)
+        self.bias[1:n_used] = res.x
         self.blocks = self.run.map(_EMBlock.with_bias, self.blocks, self.bias)
         return _Point(self.run.map(_EMBlock.without_copy_p, self.blocks, point.params))
+
+    @property
+    def n_bias_used(self):
+        """Bias entries that some prompt reaches (distances below the longest prompt)."""
+        return min(self.bias.size, self.max_length)
 
     def revert_bias(self):
         """The bias and blocks from before the last :meth:`bias_step`."""

@@ -483,6 +483,12 @@ def test_learned_bias_does_not_depend_on_threads(monkeypatch):
     assert np.all(b[10:] == 0) and np.all(b[1:10] != 0)
     plain = MixtureCCMCEstimator(unknown_id=0).fit(X, y)
     assert fits[0].n_free_params_ == plain.n_free_params_ + 9
+    # Any max_distance from 9 on is the same model here (distances 0 to 9), fitted alike.
+    for D in (9, 10**6):
+        est = MixtureCCMCEstimator(max_distance=D, unknown_id=0).fit(X, y)
+        np.testing.assert_array_equal(est.objective_trace_, fits[0].objective_trace_)
+        np.testing.assert_array_equal(est.position_bias_[:10], b[:10])
+        assert est.position_bias_.size == D + 1 and est.n_free_params_ == fits[0].n_free_params_
 
 
 def test_a_bias_step_that_does_not_help_is_undone(monkeypatch):
