@@ -268,9 +268,6 @@ class MixtureCCMC:
             raise ValueError(f"unknown_id must be None or a token id in 0..{K - 1}.")
         lam.setflags(write=False)
         self.ccmc = ccmc
-        # The copy part's bias by distance, [0] for a plain CCMC (generation's one kernel;
-        # read-only as a PositionalCCMC's, for one compiled signature).
-        self._bias = ccmc.position_bias if isinstance(ccmc, PositionalCCMC) else _NO_BIAS
         self.base_chain = base_chain
         self.copy_weight = lam
         self.unknown_id = None if unknown_id is None else int(unknown_id)
@@ -278,6 +275,17 @@ class MixtureCCMC:
 
     def __repr__(self):
         return f"MixtureCCMC(n_tokens={self.n_tokens})"
+
+    def __setstate__(self, state):
+        # Read-only again after pickle, joblib or deepcopy, as at construction: generation's
+        # kernel is compiled for read-only arrays.
+        self.__dict__.update(state)
+        self.copy_weight.setflags(write=False)
+
+    @property
+    def _bias(self):
+        """The copy part's bias by distance, ``[0]`` for a plain CCMC (read-only)."""
+        return self.ccmc.position_bias if isinstance(self.ccmc, PositionalCCMC) else _NO_BIAS
 
     def _copy_stats(self, prompts):
         """Prompt statistics of the copy part: the unknown token's entries removed."""

@@ -511,3 +511,19 @@ def test_a_bias_step_that_does_not_help_is_undone(monkeypatch):
     np.testing.assert_array_equal(est.objective_trace_, at_zero.objective_trace_)
     np.testing.assert_array_equal(est.ccmc_.toarray(), at_zero.ccmc_.toarray())
     np.testing.assert_array_equal(est.predict_proba(X[:20]), at_zero.predict_proba(X[:20]))
+
+
+def test_generation_compiles_once_for_every_mixture(rng):
+    # Plain and positional copy parts, fresh, pickled and copied: one compiled signature (a
+    # writable array is another type to numba, and a new compilation of seconds).
+    import copy
+    import pickle
+
+    from ccmc_estim import _kernels, generate
+
+    models = [_random_mixture(rng, 5), _random_mixture(rng, 5, bias=np.array([0.0, 1.0]))]
+    models += [pickle.loads(pickle.dumps(m)) for m in models]
+    models += [copy.deepcopy(m) for m in models[:2]]
+    for m in models:
+        generate(m, [1, 2, 3], 4, random_state=0)
+    assert len(_kernels.generate_mixture.signatures) == 1
