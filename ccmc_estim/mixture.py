@@ -32,6 +32,7 @@ from ._solvers import balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
+    check_memory,
     check_outputs,
     check_random_state,
     check_sample_weight,
@@ -973,6 +974,9 @@ class _EMBlock:
         w_covered = np.where(covered, w, 0.0)
         # Kept only to lay out the copy part again at a new bias.
         self.prompts = (flat, indptr, w_covered) if config.learn_bias else None
+        if config.learn_bias:  # the bias step's attention by distance, checked up front
+            check_memory(8 * int(covered.sum()) * min(self.bias.size, max(self.max_length, 1)),
+                         f"learning a bias over max_distance={self.bias.size - 1} distances")
         problem = self._layout(flat, indptr, y, w_covered, self.bias)
         self.problem = problem
         self.ql = q - self.q0  # column of every pair within the block

@@ -527,3 +527,14 @@ def test_generation_compiles_once_for_every_mixture(rng):
     for m in models:
         generate(m, [1, 2, 3], 4, random_state=0)
     assert len(_kernels.generate_mixture.signatures) == 1
+
+
+def test_a_bias_too_large_for_memory_is_refused_before_the_fit(monkeypatch):
+    from ccmc_estim import _stats
+
+    monkeypatch.setattr(_stats, "_physical_memory", lambda: 2 * 8 * 1500 * 7)
+    X = np.tile(np.arange(8), (1500, 1))
+    y = X[:, 3]
+    MixtureCCMCEstimator(max_distance=5).fit(X, y)  # 1,500 x 6 buckets: within the budget
+    with pytest.raises(ValueError, match="max_distance=7 distances would need"):
+        MixtureCCMCEstimator(max_distance=7).fit(X, y)
