@@ -112,9 +112,10 @@ class BaseChain:
         query = np.asarray(query, np.int64)
         y = np.asarray(y, np.int64)
         probe = query * self.n_tokens + y
-        pos = np.minimum(np.searchsorted(self._keys, probe), max(self._keys.size - 1, 0))
-        c = np.where((self._keys.size > 0) & (self._keys[pos] == probe),
-                     self.counts.data[pos] if self._keys.size else 0.0, 0.0)
+        c = np.zeros(probe.shape)
+        if self._keys.size:  # no stored count (a chain of its prior alone): c stays 0
+            pos = np.minimum(np.searchsorted(self._keys, probe), self._keys.size - 1)
+            c = np.where(self._keys[pos] == probe, self.counts.data[pos], 0.0)
         beta = self.prior_weight[query]
         with np.errstate(divide="ignore"):
             return np.log(c + beta * self.unigram[y]) - np.log(self._total[query] + beta)

@@ -5,6 +5,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import sparse
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
@@ -538,3 +540,44 @@ def test_a_bias_too_large_for_memory_is_refused_before_the_fit(monkeypatch):
     MixtureCCMCEstimator(max_distance=5).fit(X, y)  # 1,500 x 6 buckets: within the budget
     with pytest.raises(ValueError, match="max_distance=7 distances would need"):
         MixtureCCMCEstimator(max_distance=7).fit(X, y)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 7), st.integers(0, 5), st.booleans(), st.data())
+def test_positional_probabilities_match_numpy_twin_property(K, D, with_unknown, data):
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    bias = np.concatenate([[0.0], rng.normal(0, 2, D)])
+    model = _random_mixture(rng, K, 0 if with_unknown else None, bias)
+    prompts = [rng.integers(0, K, int(rng.integers(1, 12))) for _ in range(15)]
+    P = model.predict_proba(prompts)
+    np.testing.assert_allclose(P, _reference_proba(model, prompts), rtol=1e-11, atol=1e-15)
+    y = rng.integers(0, K, len(prompts))
+    np.testing.assert_allclose(model.log_likelihood(prompts, y),
+                               np.log(P[np.arange(len(y)), y]), rtol=1e-11)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_em_with_learned_bias_is_monotone_and_deterministic(seed):
+    rng = np.random.default_rng(100 + seed)
+    K = int(rng.integers(3, 8))
+    truth = _random_mixture(rng, K, bias=np.concatenate([[0.0], rng.normal(0, 1, 3)]))
+    X, y = _simulate(truth, rng, 2000, int(rng.integers(2, 12)))
+    est = MixtureCCMCEstimator(max_distance=int(rng.integers(1, 6)),
+                               alpha=float(rng.uniform(0.1, 3)),
+                               unknown_id=(None, 0)[seed % 2],
+                               copy_weight=("per_query", "shared")[seed % 2]).fit(X, y)
+    trace = est.objective_trace_
+    assert trace.size == est.n_iter_ + est.n_bias_iter_ + 1
+    assert np.all(np.diff(trace) <= 1e-10 * abs(trace[0])), np.diff(trace).max()
+    again = clone(est).fit(X, y)
+    np.testing.assert_array_equal(again.objective_trace_, trace)
+    np.testing.assert_array_equal(again.position_bias_, est.position_bias_)
+
+
+def test_a_base_chain_without_counts_scores_by_its_prior():
+    # No stored count at all (a chain of its prior alone): it used to index an empty array.
+    chain = BaseChain(sparse.csc_array((3, 3)), np.ones(3), np.array([0.5, 0.25, 0.25]))
+    np.testing.assert_allclose(chain.log_proba([0, 2], [1, 0]), np.log([0.25, 0.5]))
+    model = MixtureCCMC(CCMC(np.zeros((3, 3))), chain, [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(model.log_likelihood([[0, 0, 1]], [2]), np.log(0.5 * 0.25))
