@@ -3,7 +3,9 @@
 Workloads:
   XL: K = 50,257, n = 1,000,000 prompts of length 128 (int32, 512 MB), Zipf token frequencies
       (exponent 1), outputs drawn from a CCMC with rank-8 logits W = U V^T (sampled entry by
-      entry from U and V, never as a dense K x K matrix).
+      entry from U and V, never as a dense K x K matrix).  Fitted from the int32 array, and
+      (job XL:auto:int64) from the same prompts held as int64 (1 GB), the type that
+      ``prompts_from_sequences`` and ``make_ccmc_data`` return.
   L:  K = 1,000, n = 1,000,000, length 64 (make_ccmc_data, Zipf), fitted with dense and with
       sparse storage: the same logits to 1e-10?
 
@@ -90,9 +92,11 @@ def child(job):
     """One measurement, in this (fresh) process."""
     from ccmc_estim import CCMCEstimator, generate
 
-    name, storage = job.split(":")
+    name, storage, *dtype = job.split(":")
     data = np.load(make_xl() if name == "XL" else make_l())
     X, y = data["X"], data["y"]
+    if dtype:
+        X = X.astype(dtype[0])
     data_mb = X.nbytes / 2**20
     t0 = time.perf_counter()
     est = CCMCEstimator(sparse={"sparse": True, "dense": False, "auto": "auto"}[storage],
@@ -134,7 +138,8 @@ def main():
     jobs = []
     for w in args.workloads.split(","):
         (make_xl if w == "XL" else make_l)()
-        jobs += [f"{w}:auto"] if w == "XL" else [f"{w}:dense", f"{w}:sparse"]
+        jobs += [f"{w}:auto", f"{w}:auto:int64"] if w == "XL" else [f"{w}:dense",
+                                                                      f"{w}:sparse"]
     results = []
     for job in jobs:
         res = subprocess.run([sys.executable, __file__, "--child", job], capture_output=True,

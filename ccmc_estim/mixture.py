@@ -491,7 +491,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     max_distance : int, default=0
         A learned bias ``b[d]`` per distance ``d = 1..max_distance`` from the end of the prompt
         in the copy part (larger distances share ``b[max_distance]``; ``b[0] = 0``), a
-        :class:`PositionalCCMC`; 0: none.  Penalised by ``alpha / 2 |b|^2``.  Whenever EM has
+        :class:`PositionalCCMC`; 0: none.  Cut to the longest training prompt's length minus
+        one when it reaches beyond (no data say anything of longer distances, which share its
+        last entry).  Penalised by ``alpha / 2 |b|^2``.  Whenever EM has
         converged at the current bias, a GEM step in the bias (L-BFGS-B at fixed logits and
         responsibilities) moves it, and EM resumes; the fit stops when such a step lowers the
         objective by less than ``tol``.
@@ -516,7 +518,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     ccmc_ : CCMC or PositionalCCMC
         The copy part (column-centred logits; positional with a position bias).
     position_bias_ : ndarray of shape (D + 1,)
-        The copy part's bias by distance (``[0.]`` without one).
+        The copy part's bias by distance (``[0.]`` without one; a learned one has at most the
+        longest training prompt's length).
     n_bias_iter_ : int
         Bias steps taken (0 unless the bias is learned).
     base_chain_ : BaseChain
@@ -692,7 +695,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                 print(f"EM iteration {n_iter}: objective {f:.12g}")
             if trace[-2] - trace[-1] > self.tol * abs(trace[-1]):
                 continue
-            if not em.config.learn_bias or em.n_bias_used <= 1:
+            if not em.config.learn_bias or em.bias.size == 1:
                 converged = True
                 break
             # Converged at this bias: a GEM step in the bias, then EM again if it helped.
@@ -749,8 +752,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         n_queries = sum(b.n_lam for b in blocks)  # queries with a copyable pair
         n_lam = 1 if self.copy_weight == "shared" else n_queries
         n_base = int(keys.size - n_queries)
-        # Learned entries that some prompt reaches (the others stay at 0).
-        n_bias = em.n_bias_used - 1 if em.config.learn_bias else 0
+        n_bias = bias.size - 1 if em.config.learn_bias else 0
         self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base + n_bias)
         n_obs = _sum(b.w_sum for b in blocks)
         self.aic_ = 2.0 * self.n_free_params_ - 2.0 * self.log_likelihood_
@@ -1350,6 +1352,13 @@ class _EM:
         self.max_length = max(s.max_length for s in support)
         self.bias = config.position_bias
         self._before_bias = None
+        n_used = min(self.bias.size, max(self.max_length, 1))
+        if config.learn_bias and n_used < self.bias.size:
+            # Distances no prompt has are not identified: the bias stops at the longest
+            # prompt, whose last entry then also holds for longer ones.
+            self.bias = self.bias[:n_used].copy()
+            if np.any(config.position_bias[n_used:] != 0):  # a warm start's: lay out again
+                self.blocks = run.map(_EMBlock.with_bias, self.blocks, self.bias)
 
     def _with_lam(self, params):
         """Points from the blocks' M-steps, with the shared copy weight when there is one."""
@@ -1416,33 +1425,25 @@ class _EM:
         at the new bias, its objective not yet reduced; :meth:`revert_bias` undoes the step.
 
         Raising the expected complete-data log-likelihood raises the likelihood (EM's
-        inequality), so the objective cannot increase.  Entries for distances no prompt
-        reaches only carry the penalty: they are set to 0, their optimum.
+        inequality), so the objective cannot increase.
         """
         run, alpha = self.run, self.config.alpha
-        n_used = self.n_bias_used
         data = run.map(_EMBlock.bias_data, self.blocks, point.params, point.evaluation)
 
         def fun(free):
             b = np.concatenate([[0.0], free])
             parts = run.values(run.map(_bias_value, data, b))
             f = _sum(p[0] for p in parts)
-            g = np.array([_sum(p[1][d] for p in parts) for d in range(1, n_used)])
+            g = np.array([_sum(p[1][d] for p in parts) for d in range(1, b.size)])
             return -f + 0.5 * alpha * float(b @ b), -g + alpha * free
 
-        res = minimize(fun, self.bias[1:n_used].copy(), jac=True, method="L-BFGS-B",
+        res = minimize(fun, self.bias[1:].copy(), jac=True, method="L-BFGS-B",
                        options={"maxiter": max_iter, "ftol": self.config.column_tol})
         data.clear()  # the distance sums go before the new layouts are built
         self._before_bias = (self.bias, self.blocks)
-        self.bias = np.zeros(self.bias.size)
-        self.bias[1:n_used] = res.x
+        self.bias = np.concatenate([[0.0], res.x])
         self.blocks = self.run.map(_EMBlock.with_bias, self.blocks, self.bias)
         return _Point(self.run.map(_EMBlock.without_copy_p, self.blocks, point.params))
-
-    @property
-    def n_bias_used(self):
-        """Bias entries that some prompt reaches (distances below the longest prompt)."""
-        return min(self.bias.size, self.max_length)
 
     def revert_bias(self):
         """The bias and blocks from before the last :meth:`bias_step`."""

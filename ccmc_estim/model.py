@@ -187,6 +187,8 @@ class CCMC:
         cache = self.__dict__.get("_csc_cache")
         if cache is None:
             cache = csc_parts(self._dense)
+            for arr in cache:  # read-only as a sparse model's: one compiled type for kernels
+                arr.setflags(write=False)
             self.__dict__["_csc_cache"] = cache
         return cache
 

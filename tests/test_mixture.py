@@ -471,8 +471,7 @@ def test_learned_bias_does_not_depend_on_threads(monkeypatch):
     rng = np.random.default_rng(6)
     truth = _positional_truth(rng)
     X, y = _simulate(truth, rng, 4000, 10)
-    # max_distance=12 reaches past the prompts' 10 positions: distances 10 to 12 never occur.
-    fits = [MixtureCCMCEstimator(max_distance=12, unknown_id=0, n_jobs=j).fit(X, y)
+    fits = [MixtureCCMCEstimator(max_distance=9, unknown_id=0, n_jobs=j).fit(X, y)
             for j in (1, 2, 3)]
     assert fits[0].n_bias_iter_ >= 2
     for est in fits[1:]:
@@ -482,15 +481,38 @@ def test_learned_bias_does_not_depend_on_threads(monkeypatch):
         np.testing.assert_array_equal(est.copy_weight_, fits[0].copy_weight_)
         np.testing.assert_array_equal(est.base_chain_.toarray(), fits[0].base_chain_.toarray())
     b = fits[0].position_bias_
-    assert np.all(b[10:] == 0) and np.all(b[1:10] != 0)
+    assert b.size == 10 and np.all(b[1:] != 0)
     plain = MixtureCCMCEstimator(unknown_id=0).fit(X, y)
     assert fits[0].n_free_params_ == plain.n_free_params_ + 9
-    # Any max_distance from 9 on is the same model here (distances 0 to 9), fitted alike.
-    for D in (9, 10**6):
+    # A max_distance beyond the prompts' 10 positions (distances 0 to 9) is cut to 9: the
+    # same model, fitted alike.
+    for D in (12, 10**6):
         est = MixtureCCMCEstimator(max_distance=D, unknown_id=0).fit(X, y)
         np.testing.assert_array_equal(est.objective_trace_, fits[0].objective_trace_)
-        np.testing.assert_array_equal(est.position_bias_[:10], b[:10])
-        assert est.position_bias_.size == D + 1 and est.n_free_params_ == fits[0].n_free_params_
+        np.testing.assert_array_equal(est.position_bias_, b)
+        assert est.n_free_params_ == fits[0].n_free_params_
+
+
+def test_warm_start_on_shorter_prompts_cuts_the_bias():
+    rng = np.random.default_rng(9)
+    truth = _positional_truth(rng)
+    X, y = _simulate(truth, rng, 3000, 8)
+    est = MixtureCCMCEstimator(max_distance=6, warm_start=True, tol=1e-9).fit(X, y)
+    assert est.position_bias_.size == 7
+    # Prompts of 3 tokens: distances 0 to 2.  The previous bias is cut there (its entries
+    # beyond would change predictions on longer prompts), and the fit ends where a cold one
+    # does (with a tight tol: bias and logits are learned in turn, and on prompts this short
+    # they trade off, so a loose tol stops them early, at different points).
+    Xs = X[:, -3:]
+    est.fit(Xs, y)
+    cold = MixtureCCMCEstimator(max_distance=6, tol=1e-9).fit(Xs, y)
+    assert est.position_bias_.size == 3
+    np.testing.assert_allclose(est.position_bias_, cold.position_bias_, atol=0.02)
+    assert est.objective_trace_[-1] == pytest.approx(cold.objective_trace_[-1], rel=1e-8)
+    # One token per prompt: nothing to learn, no bias at all.
+    one = MixtureCCMCEstimator(max_distance=6, warm_start=True).fit(X, y).fit(X[:, -1:], y)
+    np.testing.assert_array_equal(one.position_bias_, [0.0])
+    assert one.n_bias_iter_ == 0
 
 
 def test_a_bias_step_that_does_not_help_is_undone(monkeypatch):
@@ -524,8 +546,14 @@ def test_generation_compiles_once_for_every_mixture(rng):
     from ccmc_estim import _kernels, generate
 
     models = [_random_mixture(rng, 5), _random_mixture(rng, 5, bias=np.array([0.0, 1.0]))]
+    sparse_copy = models[0].ccmc.toarray()
+    sparse_copy[sparse_copy < 0] = 0.0
+    models.append(MixtureCCMC(CCMC(sparse.csc_array(sparse_copy)), models[0].base_chain,
+                              models[0].copy_weight))
     models += [pickle.loads(pickle.dumps(m)) for m in models]
-    models += [copy.deepcopy(m) for m in models[:2]]
+    models += [copy.deepcopy(m) for m in models[:3]]
+    X = rng.integers(0, 5, (500, 6))
+    models.append(MixtureCCMCEstimator(sparse=True).fit(X, X[:, 2]).model_)
     for m in models:
         generate(m, [1, 2, 3], 4, random_state=0)
     assert len(_kernels.generate_mixture.signatures) == 1
@@ -554,7 +582,7 @@ def test_positional_probabilities_match_numpy_twin_property(K, D, with_unknown, 
     np.testing.assert_allclose(P, _reference_proba(model, prompts), rtol=1e-11, atol=1e-15)
     y = rng.integers(0, K, len(prompts))
     np.testing.assert_allclose(model.log_likelihood(prompts, y),
-                               np.log(P[np.arange(len(y)), y]), rtol=1e-11)
+                               np.log(P[np.arange(len(y)), y]), rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize("seed", range(3))
