@@ -334,7 +334,9 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         # it, or which columns keep it would depend on n_jobs.
         cap = np.minimum(np.minimum(load, K), DENSE_MAX)
         if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= _solvers.INFO_BUDGET):
-            return self._fit_blocks(flat, indptr, query, K, outputs, weight, load, n_blocks,
+            prompts = [flat, indptr]
+            del flat, indptr  # _fit_blocks lets them go once every block is laid out
+            return self._fit_blocks(prompts, query, K, outputs, weight, load, n_blocks,
                                     threads, t0)
         problem = build_columns(flat, indptr, K, outputs, weight, query=query, n_jobs=threads)
         del flat, indptr  # the column layout holds all the fit needs
@@ -348,8 +350,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             print(f"{type(self).__name__}: {what} ({time.perf_counter() - t0:.3f} s)",
                   flush=True)
 
-    def _fit_blocks(self, flat, indptr, query, K, outputs, weight, load, n_blocks, threads,
-                    t0):
+    def _fit_blocks(self, prompts, query, K, outputs, weight, load, n_blocks, threads, t0):
         """The fit in contiguous blocks of columns of similar ``load``, each laid out, solved
         and reduced to its results on its own.
 
@@ -358,7 +359,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         otherwise there is one block per thread, so that the whole fit is one parallel
         section (each costs joblib milliseconds to start and collect), and the caller has
         checked that the blocks' dense information stays within the solver's budget: the
-        results are then those of one block, to the last bit.
+        results are then those of one block, to the last bit.  ``prompts`` is the list
+        ``[flat, indptr]`` of the validated prompts, emptied once every block is laid out (the
+        caller holds no other reference, so that a copy made by the validation, e.g. of int64
+        prompts, is freed before the last block is solved).
         """
         from .distributed import _merge, solve_block
 
@@ -373,8 +377,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
         def fit_block(b):
             q0, q1 = int(bounds[b]), int(bounds[b + 1])
-            problem = build_columns(flat, indptr, K, outputs, weight, query=query,
-                                    n_jobs=inner, order=order[start[b] : start[b + 1]])
+            problem = build_columns(*prompts, K, outputs, weight, query=query, n_jobs=inner,
+                                    order=order[start[b] : start[b + 1]])
+            if n_blocks > 1 and b == bounds.size - 2:
+                prompts.clear()  # the last layout is built: the prompts go before its solve
             block = solve_block(self, problem, q0, q1, scale, n_jobs=inner)
             if self.verbose and n_blocks > 1:
                 print(f"{type(self).__name__}: columns {q0}..{q1 - 1} solved "
@@ -386,6 +392,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             blocks = [fit_block(b) for b in indices]
         else:
             blocks = run_threads(fit_block, indices)
+            prompts.clear()
         self._stage(f"laid out and solved {len(indices)} column blocks", t0)
         report, theta, solution = _merge(blocks, K, self.sparse)
         del blocks
