@@ -9,8 +9,9 @@ Workloads:
   L:  K = 1,000, n = 1,000,000, length 64 (make_ccmc_data, Zipf), fitted with dense and with
       sparse storage: the same logits to 1e-10?
 
-Every measurement runs in a fresh process that loads the data from a file (simulated once and
-cached); the peak memory is that process's maximum resident set size, data included.  score,
+Every measurement runs in a fresh process that loads the data from a file (simulated once, in a
+process of its own, and cached); the peak memory is that process's maximum resident set size,
+data included.  score,
 predict and generate are timed after a call on two prompts, so that a cold numba cache (a new
 checkout) does not add their compilation.
 
@@ -132,12 +133,17 @@ def main():
     ap.add_argument("--workloads", default="XL,L")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None)
+    ap.add_argument("--make", default=None)
     args = ap.parse_args()
     if args.child:
         return child(args.child)
+    if args.make:
+        return (make_xl if args.make == "XL" else make_l)()
     jobs = []
     for w in args.workloads.split(","):
-        (make_xl if w == "XL" else make_l)()
+        # Simulated in a process of its own: a child inherits its parent's peak memory
+        # (Linux keeps the maximum resident set size across fork and exec).
+        subprocess.run([sys.executable, __file__, "--make", w], check=True)
         jobs += [f"{w}:auto", f"{w}:auto:int64"] if w == "XL" else [f"{w}:dense",
                                                                       f"{w}:sparse"]
     results = []
