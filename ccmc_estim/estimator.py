@@ -335,7 +335,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         cap = np.minimum(np.minimum(load, K), DENSE_MAX)
         if n_blocks > 1 or (threads > 1 and float(cap @ cap) <= _solvers.INFO_BUDGET):
             prompts = [flat, indptr]
-            del flat, indptr  # _fit_blocks lets them go once every block is laid out
+            del flat, indptr  # _fit_blocks lets them go once they are no longer needed
             return self._fit_blocks(prompts, query, K, outputs, weight, load, n_blocks,
                                     threads, t0)
         problem = build_columns(flat, indptr, K, outputs, weight, query=query, n_jobs=threads)
@@ -360,9 +360,10 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         section (each costs joblib milliseconds to start and collect), and the caller has
         checked that the blocks' dense information stays within the solver's budget: the
         results are then those of one block, to the last bit.  ``prompts`` is the list
-        ``[flat, indptr]`` of the validated prompts, emptied once every block is laid out (the
-        caller holds no other reference, so that a copy made by the validation, e.g. of int64
-        prompts, is freed before the last block is solved).
+        ``[flat, indptr]`` of the validated prompts, which the caller no longer references:
+        one block at a time, it is emptied once the last block is laid out, so that a copy
+        made by the validation (of int64 prompts, say) is freed before that block is solved;
+        with a block per thread, once every block is solved.
         """
         from .distributed import _merge, solve_block
 

@@ -552,6 +552,12 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     True
     >>> est.predict_proba(X[:1]).shape
     (1, 6)
+
+    With a learned bias by distance in the copy part (recency):
+
+    >>> recent = MixtureCCMCEstimator(max_distance=7).fit(X, y)
+    >>> recent.position_bias_.shape, bool(recent.position_bias_[4] > recent.position_bias_[1])
+    ((8,), True)
     """
 
     _parameter_constraints = {  # noqa: RUF012 (scikit-learn's declarative convention)
@@ -662,8 +668,11 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         bias = (np.zeros(self.max_distance + 1) if learn
                 else check_position_bias(self.position_bias).copy())
         previous = getattr(self, "position_bias_", None)
-        if learn and self.warm_start and previous is not None and previous.size == bias.size:
-            bias = previous.copy()  # the bias search's start
+        if learn and self.warm_start and previous is not None and previous.size <= bias.size:
+            # The bias search's start; a learned bias cut at the longest training prompt is
+            # the same model as one whose longer distances share its last entry.
+            bias[: previous.size] = previous
+            bias[previous.size :] = previous[-1]
         return _EMConfig(self.alpha, self.newton_steps, 0.01 * self.tol, self.inner_steps,
                          self.copy_weight == "shared", a, b, self.smoothing, self.unknown_id,
                          self.n_jobs, bias, learn and bias.size > 1)
@@ -707,6 +716,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                 em.revert_bias()
                 converged = True
                 break
+            em.accept_bias()
             n_bias += 1
             trace.append(f)
             params = new
@@ -978,7 +988,7 @@ class _EMBlock:
         # Kept only to lay out the copy part again at a new bias.
         self.prompts = (flat, indptr, w_covered) if config.learn_bias else None
         if config.learn_bias:  # the bias step's attention by distance, checked up front
-            check_memory(8 * int(covered.sum()) * min(self.bias.size, max(self.max_length, 1)),
+            check_memory(8 * int(covered.sum()) * _n_buckets(self.bias, self.max_length),
                          f"learning a bias over max_distance={self.bias.size - 1} distances")
         problem = self._layout(flat, indptr, y, w_covered, self.bias)
         self.problem = problem
@@ -1035,7 +1045,7 @@ class _EMBlock:
         y_ptr = np.zeros(n_y.size + 1, np.int64)
         np.cumsum(n_y, out=y_ptr[1:])
         # Distances beyond the longest prompt have no position: no bucket for them.
-        A = np.zeros((pb.rows.size, min(self.bias.size, max(self.max_length, 1))))
+        A = np.zeros((pb.rows.size, _n_buckets(self.bias, self.max_length)))
         y_bucket, y_val = np.empty(y_ptr[-1], np.int64), np.empty(y_ptr[-1])
         run_threads(_kernels.distance_sums, self.chunks, flat, indptr, pb.rows, pb.col_ptr,
                     pb.id_ptr, pb.id_tokens, params.theta, self.y, -1 if unk is None else unk,
@@ -1245,6 +1255,15 @@ class _BiasData:
         return _sizeof(self)
 
 
+_BIAS_MAX_ITER = 50  # L-BFGS iterations of one bias step (a GEM step need not converge)
+
+
+def _n_buckets(bias, max_length):
+    """Distance buckets a bias has on prompts of at most ``max_length`` tokens: no bucket
+    for distances no prompt has."""
+    return min(bias.size, max(max_length, 1))
+
+
 def _bias_value(data, bias):
     """The block's weighted copy log-likelihood at ``bias`` and its gradient: the posterior
     mass of each distance bucket among the positions holding the output minus its attention
@@ -1352,7 +1371,7 @@ class _EM:
         self.max_length = max(s.max_length for s in support)
         self.bias = config.position_bias
         self._before_bias = None
-        n_used = min(self.bias.size, max(self.max_length, 1))
+        n_used = _n_buckets(self.bias, self.max_length)
         if config.learn_bias and n_used < self.bias.size:
             # Distances no prompt has are not identified: the bias stops at the longest
             # prompt, whose last entry then also holds for longer ones.
@@ -1417,7 +1436,7 @@ class _EM:
             return cand, f_cand
         return p2, f_plain
 
-    def bias_step(self, point, max_iter=50):
+    def bias_step(self, point):
         """A GEM step in the copy part's bias: ``point`` (with its E-step) at a bias that
         raises the expected copy log-likelihood minus ``alpha / 2 |b|^2`` at its logits and
         responsibilities (L-BFGS-B over ``b[1:]``, ``b[0] = 0`` the gauge; only scalars and
@@ -1438,7 +1457,7 @@ class _EM:
             return -f + 0.5 * alpha * float(b @ b), -g + alpha * free
 
         res = minimize(fun, self.bias[1:].copy(), jac=True, method="L-BFGS-B",
-                       options={"maxiter": max_iter, "ftol": self.config.column_tol})
+                       options={"maxiter": _BIAS_MAX_ITER, "ftol": self.config.column_tol})
         data.clear()  # the distance sums go before the new layouts are built
         self._before_bias = (self.bias, self.blocks)
         self.bias = np.concatenate([[0.0], res.x])
@@ -1448,6 +1467,10 @@ class _EM:
     def revert_bias(self):
         """The bias and blocks from before the last :meth:`bias_step`."""
         self.bias, self.blocks = self._before_bias
+        self._before_bias = None
+
+    def accept_bias(self):
+        """Let the blocks from before the last :meth:`bias_step` go."""
         self._before_bias = None
 
     def results(self, point):

@@ -67,7 +67,7 @@ recent = MixtureCCMCEstimator(unknown_id=0, n_tokens=vocab.n_tokens_, max_distan
 print(f"held-out mean log-likelihood: {est.score(Xt, yt):.4f} without the bias, "
       f"{recent.score(Xt, yt):.4f} with it ({recent.n_bias_iter_} bias steps)")
 fig, ax = plt.subplots(figsize=(8, 3))
-ax.plot(np.arange(32), recent.position_bias_, marker="o")
+ax.plot(np.arange(recent.position_bias_.size), recent.position_bias_, marker="o")
 ax.axhline(0, color="grey", lw=0.5)
 ax.set_xlabel("distance d from the query (0: the query itself)")
 ax.set_ylabel("bias b[d]")

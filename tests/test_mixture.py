@@ -509,6 +509,12 @@ def test_warm_start_on_shorter_prompts_cuts_the_bias():
     assert est.position_bias_.size == 3
     np.testing.assert_allclose(est.position_bias_, cold.position_bias_, atol=0.02)
     assert est.objective_trace_[-1] == pytest.approx(cold.objective_trace_[-1], rel=1e-8)
+    # A bias cut at the longest prompt warm-starts a refit with the same max_distance: the
+    # refit starts where the fit ended (it restarted from 0 before).
+    est.fit(Xs, y)
+    end = est.objective_trace_[-1]
+    est.fit(Xs, y)
+    assert est.objective_trace_[0] <= end + 1e-9 * abs(end)
     # One token per prompt: nothing to learn, no bias at all.
     one = MixtureCCMCEstimator(max_distance=6, warm_start=True).fit(X, y).fit(X[:, -1:], y)
     np.testing.assert_array_equal(one.position_bias_, [0.0])
