@@ -503,7 +503,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     acceleration : {"squarem", None}, default="squarem"
     warm_start : bool, default=False
         Start from the previous fit when the vocabulary is the same (a learned bias starts
-        from the previous one whenever it has the same length).
+        from the previous one, its last entry repeated up to ``max_distance``, whenever that
+        is not shorter).
     sparse : "auto" or bool, default="auto"
         Storage of the copy logits, as in :class:`CCMCEstimator`.
     n_jobs : int or None, default=None
