@@ -834,6 +834,18 @@ def mixture_posterior(ql, copyable, lam, copy_p, c, key_of, col_total, beta, u_y
                 log_p[i] = -np.inf
 
 
+@njit(cache=True, nogil=True)
+def mixture_sums(ql, key_of, w, r, wr, c):
+    """The copy-and-generate mixture's expected counts at the responsibilities ``r``, in one
+    pass over the pairs: per column the weight copied, ``wr[q] = sum w r``, and per base-chain
+    key the weight generated, ``c[k] = sum w (1 - r)`` (both overwritten)."""
+    wr[:] = 0.0
+    c[:] = 0.0
+    for i in range(ql.size):
+        wr[ql[i]] += w[i] * r[i]
+        c[key_of[i]] += w[i] * (1.0 - r[i])
+
+
 @njit(cache=True)
 def output_in_prompt(flat, indptr, outputs, n_tokens, skip):
     """Whether each output occurs in its prompt, never counting the token ``skip`` (-1: none):

@@ -357,7 +357,7 @@ class CCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         With ``n_blocks > 1`` (data whose column layout would be large) the blocks are taken
         one at a time, each on ``threads`` threads, so the memory is the data plus one block;
         otherwise there is one block per thread, so that the whole fit is one parallel
-        section (each costs joblib milliseconds to start and collect), and the caller has
+        section (each starts and collects a pool of threads), and the caller has
         checked that the blocks' dense information stays within the solver's budget: the
         results are then those of one block, to the last bit.  ``prompts`` is the list
         ``[flat, indptr]`` of the validated prompts, which the caller no longer references:

@@ -1139,10 +1139,12 @@ class _EMBlock:
         r = evaluation.r
         lam = params.lam
         no_log = np.empty(0)
+        wr, c = np.empty(self.nq), np.empty(self.keys.size)
         for _ in range(cfg.inner_steps):
+            _kernels.mixture_sums(self.ql, self.key_of, self.w, r, wr, c)
             if not cfg.shared:
-                lam = _copy_weight(self._wr(r), self.n_per_query, cfg.a, cfg.b)
-            r = self._posterior(lam, self.base_counts(r), evaluation.copy_p, no_log)
+                lam = _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
+            r = self._posterior(lam, c, evaluation.copy_p, no_log)
         return r
 
     # ------------------------------------------------------------------ EM steps
