@@ -239,6 +239,28 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, dist_we
             local[j] = rank[local[j]]
 
 
+@njit(cache=True, nogil=True)
+def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id_tokens,
+                   dist_weight, n_tokens, count):
+    """The counts of the entries of the columns ``cols`` of a layout (see :func:`layout_fill`)
+    at the distance weights ``dist_weight``, into ``count``: the layout's structure does not
+    depend on them.  The same sums in the same order as :func:`_histogram`."""
+    last = dist_weight.size - 1
+    cnt = np.empty(n_tokens, np.float64)  # set for a prompt's tokens before use
+    for q in cols:
+        ids = id_tokens[id_ptr[q] : id_ptr[q + 1]]
+        for r in range(col_ptr[q], col_ptr[q + 1]):
+            i = rows[r]
+            a = indptr[i]
+            b = indptr[i + 1]
+            for j in range(ent_ptr[r], ent_ptr[r + 1]):
+                cnt[ids[local[j]]] = 0.0
+            for j in range(a, b):
+                cnt[flat[j]] += dist_weight[min(b - 1 - j, last)]
+            for j in range(ent_ptr[r], ent_ptr[r + 1]):
+                count[j] = cnt[ids[local[j]]]
+
+
 # --------------------------------------------------------------------------- model
 @njit(cache=True, nogil=True)
 def csc_lookup(indptr, indices, data, k, q, lo):

@@ -1009,12 +1009,21 @@ class _EMBlock:
     def __sizeof__(self):
         return _sizeof(self, self.problem) + sum(a.nbytes for a in self.prompts or ())
 
-    def _layout(self, flat, indptr, y, w_covered, bias):
+    def _layout(self, flat, indptr, y, w_covered, bias, like=None):
         """The copy part's columns: the covered pairs, every position counted with weight
-        ``exp(bias[d])`` by its distance ``d`` from the end, the unknown token with 0."""
+        ``exp(bias[d])`` by its distance ``d`` from the end, the unknown token with 0; only
+        the counts are computed when the layout ``like`` of the same pairs is given."""
         K, unk = self.K, self.config.unknown_id
-        dist = {} if bias.size == 1 else {"dist_weight": np.exp(bias - bias.max())}
-        problem = build_columns(flat, indptr, K, y, w_covered, n_jobs=self.n_jobs, **dist)
+        dist_weight = np.exp(bias - bias.max())
+        if like is None:
+            problem = build_columns(flat, indptr, K, y, w_covered, n_jobs=self.n_jobs,
+                                    dist_weight=dist_weight)
+        else:
+            count = np.empty_like(like.count)
+            run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows,
+                        like.col_ptr, like.indptr, like.local, like.id_ptr, like.id_tokens,
+                        dist_weight, K, count)
+            problem = like.with_count(count)
         if unk is not None:
             # The unknown token's local index in each column (-1: absent), spread over the
             # entries: two passes over the parameters and one over the entries.
@@ -1033,7 +1042,7 @@ class _EMBlock:
         new = copy.copy(self)
         flat, indptr, w_covered = self.prompts
         new.bias = bias
-        new.problem = self._layout(flat, indptr, self.y, w_covered, bias)
+        new.problem = self._layout(flat, indptr, self.y, w_covered, bias, like=self.problem)
         return new
 
     def bias_data(self, params, evaluation):

@@ -615,3 +615,30 @@ def test_a_base_chain_without_counts_scores_by_its_prior():
     np.testing.assert_allclose(chain.log_proba([0, 2], [1, 0]), np.log([0.25, 0.5]))
     model = MixtureCCMC(CCMC(np.zeros((3, 3))), chain, [0.5, 0.5, 0.5])
     np.testing.assert_allclose(model.log_likelihood([[0, 0, 1]], [2]), np.log(0.5 * 0.25))
+
+
+def test_a_new_bias_recounts_the_layout_as_a_fresh_one_would(rng, monkeypatch):
+    """A bias step lays the copy part out again by recomputing only the counts: equal, to
+    the last bit, to a layout built from scratch at that bias, on threads too."""
+    from dataclasses import replace
+
+    from ccmc_estim import _columns, _solvers, mixture
+
+    monkeypatch.setattr(_solvers, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)
+    K, D, n = 8, 5, 400
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(1, 12, n))])
+    flat = rng.integers(0, K, indptr[-1]).astype(np.int32)
+    y = np.where(rng.random(n) < 0.7, flat[indptr[:-1]], rng.integers(0, K, n))
+    w = rng.uniform(0.5, 2.0, n)
+    config = MixtureCCMCEstimator(unknown_id=0, max_distance=D, n_jobs=2)._em_config()
+    block = mixture._EMBlock(flat, indptr, y, w, K, 0, K, config)
+    assert len(block.chunks) == 2
+    bias = np.concatenate([[0.0], rng.normal(0, 1, D)])
+    new = block.with_bias(bias).problem
+    fresh = mixture._EMBlock(flat, indptr, y, w, K, 0, K,
+                             replace(config, position_bias=bias)).problem
+    for name in ("col_ptr", "indptr", "local", "count", "y_entry", "id_ptr", "id_tokens",
+                 "rows", "weight"):
+        np.testing.assert_array_equal(getattr(new, name), getattr(fresh, name), err_msg=name)
+    assert not np.array_equal(new.count, block.problem.count)  # the old layout is untouched
