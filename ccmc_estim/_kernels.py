@@ -386,9 +386,12 @@ def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
 
 
 @njit(cache=True, nogil=True)
-def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob):
+def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nll):
     """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter)
-    and the entry probabilities in ``prob`` (otherwise ``prob`` is scratch space)."""
+    and the entry probabilities in ``prob`` (otherwise ``prob`` is scratch space); unless
+    ``nll`` is empty, every prompt's unweighted NLL in it.  Probabilities and NLLs do not
+    depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at other
+    weights from them, to the last bit."""
     with_grad = grad.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0
@@ -401,7 +404,10 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob):
         yj = y_entry[i]
         w = weight[i]
         lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, with_grad)
-        f += w * (lse - theta[local[yj]] - np.log(count[yj]))
+        v = lse - theta[local[yj]] - np.log(count[yj])
+        if nll.size > 0:
+            nll[i] = v
+        f += w * v
         if with_grad:
             for j in range(s0, s1):
                 grad[local[j]] += w * prob[j]
@@ -410,10 +416,31 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob):
 
 
 @njit(cache=True, nogil=True)
+def column_nll_grad_from(prob_in, nll_in, indptr, local, y_entry, weight, grad, prob):
+    """:func:`column_nll_grad` from the entry probabilities ``prob_in`` and prompt NLLs
+    ``nll_in`` it gave at the same logits (under any weights): the same sums in the same
+    order, without the exponentials and logarithms.  ``prob`` receives ``prob_in``."""
+    for k in range(grad.size):
+        grad[k] = 0.0
+    f = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        yj = y_entry[i]
+        w = weight[i]
+        f += w * nll_in[i]
+        for j in range(s0, s1):
+            prob[j] = prob_in[j]
+            grad[local[j]] += w * prob[j]
+        grad[local[yj]] -= w
+    return f
+
+
+@njit(cache=True, nogil=True)
 def column_nll(theta, indptr, local, count, y_entry, weight):
     """Weighted negative log-likelihood of one column."""
     return column_nll_grad(theta, indptr, local, count, y_entry, weight, np.empty(0),
-                           np.empty(local.size))
+                           np.empty(local.size), np.empty(0))
 
 
 @njit(**_NOGIL)
@@ -809,23 +836,29 @@ def column_graphs(col_ptr, indptr, local, y_entry, id_ptr):
 
 # --------------------------------------------------------------------------- mixture
 @njit(cache=True, nogil=True)
-def layout_output_proba(cols, lay, theta, out):
+def layout_output_proba(cols, lay, theta, out, proba_out, nll_out):
     """CCMC probability of the output of every prompt of the columns ``cols`` of a column
     layout, into ``out`` (layout order), from the flat parameter vector ``theta``: the same
     arithmetic as the solver's probabilities (``column_nll_grad``), so that an EM gets the
-    same numbers from either."""
+    same numbers from either.  Unless they are empty, ``proba_out`` receives every entry's
+    probability and ``nll_out`` every prompt's NLL, which start a solve at ``theta``."""
+    keep = proba_out.size > 0
     for q in cols:
         theta_q = theta[lay.id_ptr[q] : lay.id_ptr[q + 1]]
         e = np.empty(theta_q.size)
         m = column_exp(theta_q, e)
         e0 = lay.indptr[lay.col_ptr[q]]
-        local = lay.local[e0 : lay.indptr[lay.col_ptr[q + 1]]]
-        count = lay.count[e0 : lay.indptr[lay.col_ptr[q + 1]]]
-        prob = np.empty(local.size)
+        e1 = lay.indptr[lay.col_ptr[q + 1]]
+        local = lay.local[e0:e1]
+        count = lay.count[e0:e1]
+        prob = proba_out[e0:e1] if keep else np.empty(local.size)
         for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
-            prompt_log_norm(theta_q, e, m, local, count, lay.indptr[r] - e0,
-                            lay.indptr[r + 1] - e0, prob, True)
-            out[r] = prob[lay.y_entry[r] - e0]
+            lse = prompt_log_norm(theta_q, e, m, local, count, lay.indptr[r] - e0,
+                                  lay.indptr[r + 1] - e0, prob, True)
+            yj = lay.y_entry[r] - e0
+            out[r] = prob[yj]
+            if keep:
+                nll_out[r] = lse - theta_q[local[yj]] - np.log(count[yj])
 
 
 @njit(cache=True, nogil=True)

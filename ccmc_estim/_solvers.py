@@ -25,6 +25,7 @@ from ._kernels import (
     column_hessian,
     column_hessp,
     column_nll_grad,
+    column_nll_grad_from,
 )
 
 #: Under "auto", columns with more identified logits than this always use truncated Newton
@@ -219,11 +220,13 @@ NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
 
 def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag,
-                 out_proba):
+                 out_proba, proba):
     """Solve the columns ``cols`` of a layout in place; per column, record the objective,
     iterations and status in ``out``, the observed information at the solution (dense
     where ``info_offsets[q] >= 0``, its diagonal always) and, unless ``out_proba`` is empty,
-    the probability of every layout prompt's output.
+    the probability of every layout prompt's output.  ``proba`` is the entry probabilities
+    and prompt NLLs at the start and the same at the solution, each pair empty when not
+    given or not wanted (see :class:`EntryProba`).
 
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
@@ -233,13 +236,13 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
             _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), cold,
-                           *out, info_offsets, info, info_diag, out_proba, kind)
+                           *out, info_offsets, info, info_diag, out_proba, *proba, kind)
 
 
 @njit(cache=True, nogil=True)
 def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr, theta,
                    alpha, tol, max_iter, cold, objective, n_iter, status, info_offsets, info,
-                   info_diag, out_proba, kind):
+                   info_diag, out_proba, prob_in, nll_in, prob_out, nll_out, kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -255,6 +258,12 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         most = max(most, indptr[col_ptr[q + 1]] - indptr[col_ptr[q]])
     prob_buf = np.empty(most)
     prob_t_buf = np.empty(most)
+    most_prompts = 0
+    for q in cols:
+        most_prompts = max(most_prompts, col_ptr[q + 1] - col_ptr[q])
+    keep = prob_out.size > 0
+    nll_buf = np.empty(most_prompts if keep else 0)
+    nll_t_buf = np.empty(most_prompts if keep else 0)
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -281,6 +290,8 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         trial = np.empty(n)
         grad_t = np.empty(n)
         prob_t = prob_t_buf[: e1 - e0]
+        nll = nll_buf[: b - a if keep else 0]
+        nll_t = nll_t_buf[: b - a if keep else 0]
         total = 0.0
         for r in range(b - a):
             total += w[r]
@@ -288,7 +299,12 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         if cold:
             _count_start(ip, local, count, y, w, total / n, theta_q, trial, grad_t)
         gtol = tol * scale
-        f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob)
+        if prob_in.size > 0:  # the probabilities at theta_q are known: the same numbers
+            f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad, prob)
+            for r in range(nll.size):
+                nll[r] = nll_in[a + r]
+        else:
+            f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob, nll)
         for k in range(n):
             grad[k] += alpha * theta_q[k]
         f += 0.5 * alpha * _dot(theta_q, theta_q)
@@ -317,7 +333,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             while True:
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
-                ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t)
+                ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t, nll_t)
                 for k in range(n):
                     grad_t[k] += alpha * trial[k]
                 ft += 0.5 * alpha * _dot(trial, trial)
@@ -332,6 +348,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
                 theta_q[k] = trial[k]
             grad, grad_t = grad_t, grad
             prob, prob_t = prob_t, prob
+            nll, nll_t = nll_t, nll
             f_old = f
             f = ft
             if f_old - f <= slack and (t < 1.0 or _abs_max(grad) > 0.5 * g_old):
@@ -350,6 +367,11 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         if out_proba.size > 0:
             for r in range(b - a):
                 out_proba[a + r] = prob[y[r]]
+        if keep:
+            for j in range(e1 - e0):
+                prob_out[e0 + j] = prob[j]
+            for r in range(b - a):
+                nll_out[a + r] = nll[r]
 
         if info_diag.size == 0:  # no information wanted (e.g. an EM M-step)
             continue
@@ -417,6 +439,19 @@ def run_threads(func, chunks, *args):
 
 
 @dataclass(eq=False)
+class EntryProba:
+    """The probability of every entry and the NLL of every prompt of a column layout at some
+    logits: a solve started there needs no pass over the prompts' tokens for its first
+    gradient (they do not depend on the weights, which an EM changes between its M-steps)."""
+
+    entry: np.ndarray
+    nll: np.ndarray
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + self.entry.nbytes + self.nll.nbytes
+
+
+@dataclass(eq=False)
 class ColumnSolution:
     """What the per-column solver returns (arrays of shape ``(K,)`` unless noted).
 
@@ -424,7 +459,8 @@ class ColumnSolution:
     column, the dense observed information at the solution (None for columns above
     ``info_max`` identified logits or beyond the memory budget); ``information_diag`` its
     diagonal for every parameter, shape ``(n_params,)``; ``output_proba`` the probability of
-    every layout prompt's output at the solution, when asked for.
+    every layout prompt's output at the solution, when asked for; ``proba`` the
+    :class:`EntryProba` at the solution, when asked for.
     """
 
     objective: np.ndarray
@@ -433,10 +469,12 @@ class ColumnSolution:
     information: list
     information_diag: np.ndarray
     output_proba: np.ndarray | None = None
+    proba: EntryProba | None = None
 
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
-                  cold_start=False, output_proba=False, chunks=None):
+                  cold_start=False, output_proba=False, chunks=None, start_proba=None,
+                  keep_proba=False):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -453,6 +491,10 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     chunks : list of ndarray or None
         The columns of each thread, when the caller solves the same layout again and again
         (an EM); by default :func:`balanced_chunks` of the work.
+    start_proba : EntryProba or None
+        The probabilities at ``theta`` (not with ``cold_start``): the solution is the same.
+    keep_proba : bool
+        Also return the :class:`EntryProba` at the solution.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
@@ -495,11 +537,19 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     settings = (float(alpha), float(tol), int(max_iter), bool(cold_start))
     out = (objective, n_iter, status)
     out_proba = np.full(cd.col_ptr[-1] if output_proba else 0, np.nan)  # NaN: not solved
-    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag, out_proba)
+    if start_proba is not None and cold_start:
+        raise ValueError("start_proba holds the probabilities at theta, which a cold start "
+                         "does not use.")
+    none = np.empty(0)
+    kept = EntryProba(np.empty(cd.indptr[-1]), np.empty(cd.col_ptr[-1])) if keep_proba else None
+    proba = ((none, none) if start_proba is None else (start_proba.entry, start_proba.nll)) + (
+        (none, none) if kept is None else (kept.entry, kept.nll))
+    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag, out_proba,
+            proba)
     if chunks is None:
         chunks = balanced_chunks(cols, cost, n_jobs)
     run_threads(_solve_chunk, chunks, *args)
     information = [info[o : o + n * n].reshape(n, n) if o >= 0 else None
                    for o, n in zip(info_offsets, n_id, strict=True)]
     return ColumnSolution(objective, n_iter, status, information, info_diag,
-                          out_proba if output_proba else None)
+                          out_proba if output_proba else None, kept)

@@ -14,6 +14,7 @@ blocks kept on the workers of a Dask cluster (see ``distributed``), with the sam
 import contextlib
 import copy
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _kernels
 from ._columns import build_columns, by_column, csc_parts
-from ._solvers import balanced_chunks, run_threads, solve_columns
+from ._solvers import EntryProba, balanced_chunks, run_threads, solve_columns
 from ._stats import (
     _MAX_TOKENS,
     StrOptions,
@@ -1005,9 +1006,19 @@ class _EMBlock:
         self.n_per_query = np.bincount(self.ql, weights=w * copyable, minlength=self.nq)
         # Set by with_unigram once the driver has combined the blocks' continuation counts.
         self.u_y = self.u_key = self.sum_u_log_u = None
+        # The entry probabilities at the copy logits last evaluated (the array itself, kept
+        # for identity) and an EntryProba: the next M-step from there starts from them.  A
+        # cache, not state: every result is the same without it (a block that Dask spills
+        # or copies drops it), so the methods stay pure.
+        self._proba = None
 
     def __sizeof__(self):
-        return _sizeof(self, self.problem) + sum(a.nbytes for a in self.prompts or ())
+        kept = sys.getsizeof(self._proba[1]) if self._proba is not None else 0
+        return (_sizeof(self, self.problem) + sum(a.nbytes for a in self.prompts or ())
+                + kept)
+
+    def __getstate__(self):
+        return {**vars(self), "_proba": None}
 
     def _layout(self, flat, indptr, y, w_covered, bias, like=None):
         """The copy part's columns: the covered pairs, every position counted with weight
@@ -1042,6 +1053,7 @@ class _EMBlock:
         new = copy.copy(self)
         flat, indptr, w_covered = self.prompts
         new.bias = bias
+        new._proba = None
         new.problem = self._layout(flat, indptr, self.y, w_covered, bias, like=self.problem)
         return new
 
@@ -1088,12 +1100,15 @@ class _EMBlock:
 
     # ------------------------------------------------------------------ pieces
     def copy_proba(self, theta):
-        """``C(y_i | x_i)`` of every pair (0 where not copyable)."""
+        """``C(y_i | x_i)`` of every pair (0 where not copyable); the entry probabilities
+        computed on the way start the next M-step from ``theta``."""
         out = np.zeros(self.ql.size)
         if self.rows.size:
             vals = np.empty(self.rows.size)
+            kept = EntryProba(np.empty(self.problem.indptr[-1]), np.empty(self.rows.size))
             run_threads(_kernels.layout_output_proba, self.chunks, self.problem.layout, theta,
-                        vals)
+                        vals, kept.entry, kept.nll)
+            self._proba = (theta, kept)
             out[self.rows] = vals
         return out
 
@@ -1181,6 +1196,8 @@ class _EMBlock:
         ``cold_start``), closed forms for the base-chain counts and the per-query copy
         weights (the shared one is the driver's)."""
         cfg = self.config
+        known = self._proba
+        start = known[1] if known is not None and known[0] is theta and not cold_start else None
         theta = theta.copy()
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
         # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
@@ -1188,7 +1205,9 @@ class _EMBlock:
         solution = solve_columns(weighted, theta, alpha=cfg.alpha, tol=cfg.column_tol,
                                  max_iter=cfg.newton_steps, solver="newton-cg",
                                  n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
-                                 output_proba=True, chunks=self.chunks)
+                                 output_proba=True, chunks=self.chunks, start_proba=start,
+                                 keep_proba=True)
+        self._proba = (theta, solution.proba)
         copy_p = np.zeros(self.ql.size)
         copy_p[self.rows] = solution.output_proba
         wr = self._wr(r)

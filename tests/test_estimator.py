@@ -174,6 +174,63 @@ def test_solution_probabilities_and_information_are_those_at_the_solution(solver
     np.testing.assert_allclose(sol.information_diag, diag, rtol=1e-11)
 
 
+@pytest.mark.parametrize("solver", ["newton", "newton-cg"])
+def test_a_solve_started_from_known_probabilities_is_the_same(solver):
+    # An EM solves one layout again and again under new weights, each time from the last
+    # solution: the entry probabilities kept there start the next solve, which must end bit
+    # for bit where a solve that recomputes them ends.  The kept values are checked against
+    # plain numpy at the returned logits.
+    from dataclasses import replace
+
+    from ccmc_estim import _solvers
+    from ccmc_estim._columns import build_columns
+    from ccmc_estim._stats import validate_prompts
+
+    X, y, _ = make_ccmc_data(600, 6, (2, 8), random_state=2)
+    flat, indptr, K = validate_prompts(X)
+    rng = np.random.default_rng(4)
+    cd = build_columns(flat, indptr, K, np.asarray(y, np.int64), rng.uniform(0.5, 2, len(y)))
+    theta = np.zeros(cd.n_params)
+    kw = dict(alpha=0.5, tol=1e-6, solver=solver, n_jobs=1)
+    first = _solvers.solve_columns(cd, theta, max_iter=2, cold_start=True, keep_proba=True,
+                                   **kw)
+    for q in range(K):
+        th = theta[cd.id_ptr[q] : cd.id_ptr[q + 1]]
+        for r in range(cd.col_ptr[q], cd.col_ptr[q + 1]):
+            e = slice(cd.indptr[r], cd.indptr[r + 1])
+            p = cd.count[e] * np.exp(th[cd.local[e]])
+            p /= p.sum()
+            np.testing.assert_allclose(first.proba.entry[e], p, rtol=1e-12)
+            assert first.proba.nll[r] == pytest.approx(-np.log(p[cd.y_entry[r] - e.start]),
+                                                       rel=1e-12, abs=1e-14)
+    more = dict(info_max=300, output_proba=True, keep_proba=True, **kw)
+
+    def same_from_kept(problem, theta, kept, max_iter):
+        a, b = theta.copy(), theta.copy()
+        fresh = _solvers.solve_columns(problem, a, max_iter=max_iter, **more)
+        started = _solvers.solve_columns(problem, b, start_proba=kept, max_iter=max_iter,
+                                         **more)
+        np.testing.assert_array_equal(a, b)
+        for name in ("objective", "n_iter", "status", "information_diag", "output_proba"):
+            np.testing.assert_array_equal(getattr(fresh, name), getattr(started, name), name)
+        np.testing.assert_array_equal(fresh.proba.entry, started.proba.entry)
+        np.testing.assert_array_equal(fresh.proba.nll, started.proba.nll)
+        return a, fresh
+
+    # Newton steps under new weights.
+    reweighted = replace(cd, weight=rng.uniform(0.1, 3.0, cd.weight.size))
+    moved, _ = same_from_kept(reweighted, theta, first.proba, 3)
+    assert not np.array_equal(moved, theta)
+    # No step at all from a solution: the objective is the one from the kept values.
+    solved = theta.copy()
+    at_solution = _solvers.solve_columns(cd, solved, max_iter=100, keep_proba=True, **kw)
+    _, again = same_from_kept(cd, solved, at_solution.proba, 100)
+    assert (again.n_iter == 0).all()
+    with pytest.raises(ValueError, match="cold start"):
+        _solvers.solve_columns(reweighted, theta.copy(), start_proba=first.proba, cold_start=True,
+                               max_iter=1, **more)
+
+
 def test_cg_steps_without_penalty_keep_the_column_gauge():
     # At alpha=0 the loss is flat along each column's all-ones direction: the truncated
     # Newton steps must not wander along it (they did, to logits of 10^2 to 10^5, at

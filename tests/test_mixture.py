@@ -180,6 +180,61 @@ def test_cached_copy_probabilities_equal_a_recomputation(monkeypatch):
     assert len(checked) >= 6
 
 
+def test_an_m_step_uses_kept_probabilities_only_at_their_logits(rng):
+    # A block keeps the probabilities of its last evaluation; an M-step from other logits
+    # must not use them (SQUAREM steps from a point other than the last one evaluated).
+    from ccmc_estim import mixture
+
+    K = 6
+    model = _random_mixture(rng, K)
+    X, y = _simulate(model, rng, 1500, 7)
+    config = MixtureCCMCEstimator()._em_config()
+    flat, indptr = X.astype(np.int32).ravel(), np.arange(0, X.size + 1, X.shape[1])
+
+    def block():
+        return mixture._EMBlock(flat, indptr, np.asarray(y, np.int64), np.ones(len(y)), K, 0,
+                                K, config)
+
+    kept, r = block(), rng.uniform(0, 1, len(y))
+    first = kept.m_step(np.zeros(kept.problem.n_params), r)
+    for theta in (rng.normal(0, 1, first.theta.size), first.theta):
+        a, b = kept.m_step(theta, r), block().m_step(theta, r)
+        np.testing.assert_array_equal(a.theta, b.theta)
+        np.testing.assert_array_equal(a.copy_p, b.copy_p)
+
+
+def test_m_steps_start_from_the_last_probabilities(monkeypatch):
+    # Most M-steps start from the entry probabilities the last E- or M-step computed at
+    # their logits (kept on the block); the fit must be bit for bit the one that recomputes
+    # them, with a learned bias too (whose steps change the counts, hence the probabilities).
+    from ccmc_estim import mixture
+
+    rng = np.random.default_rng(5)
+    model = _random_mixture(rng, 7, unknown_id=0)
+    X, y = _simulate(model, rng, 3000, 8)
+    original = mixture.solve_columns
+    starts = []
+
+    def solve(problem, theta, **kwargs):
+        starts.append(kwargs["start_proba"] is not None)
+        return original(problem, theta, **kwargs)
+
+    monkeypatch.setattr(mixture, "solve_columns", solve)
+    for kw in ({"unknown_id": 0}, {"unknown_id": 0, "max_distance": 4, "tol": 1e-7}):
+        starts.clear()
+        cached = MixtureCCMCEstimator(**kw).fit(X, y)
+        assert not starts[0] and sum(starts) >= len(starts) / 2, starts
+        monkeypatch.setattr(mixture, "solve_columns",
+                            lambda p, t, **k: original(p, t, **{**k, "start_proba": None}))
+        fresh = MixtureCCMCEstimator(**kw).fit(X, y)
+        monkeypatch.setattr(mixture, "solve_columns", solve)
+        np.testing.assert_array_equal(cached.objective_trace_, fresh.objective_trace_)
+        np.testing.assert_array_equal(cached.ccmc_.toarray(), fresh.ccmc_.toarray())
+        np.testing.assert_array_equal(cached.copy_weight_, fresh.copy_weight_)
+        np.testing.assert_array_equal(cached.position_bias_, fresh.position_bias_)
+    assert cached.n_bias_iter_ > 0
+
+
 @pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
 def test_warm_start_continues_from_the_previous_fit(copy_weight):
     # The previous logits, copy weights and base-chain counts: the refit on the same data
