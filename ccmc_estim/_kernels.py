@@ -409,10 +409,17 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
             nll[i] = v
         f += w * v
         if with_grad:
-            for j in range(s0, s1):
-                grad[local[j]] += w * prob[j]
-            grad[local[yj]] -= w
+            _add_prompt_grad(grad, local, prob, s0, s1, yj, w)
     return f
+
+
+@njit(cache=True, nogil=True)
+def _add_prompt_grad(grad, local, prob, s0, s1, yj, w):
+    """Add a prompt's gradient ``w (p - e_y)``: one place for both likelihood kernels, so that
+    they agree to the last bit."""
+    for j in range(s0, s1):
+        grad[local[j]] += w * prob[j]
+    grad[local[yj]] -= w
 
 
 @njit(cache=True, nogil=True)
@@ -422,17 +429,12 @@ def column_nll_grad_from(prob_in, nll_in, indptr, local, y_entry, weight, grad, 
     order, without the exponentials and logarithms.  ``prob`` receives ``prob_in``."""
     for k in range(grad.size):
         grad[k] = 0.0
+    for j in range(prob.size):
+        prob[j] = prob_in[j]
     f = 0.0
     for i in range(indptr.size - 1):
-        s0 = indptr[i]
-        s1 = indptr[i + 1]
-        yj = y_entry[i]
-        w = weight[i]
-        f += w * nll_in[i]
-        for j in range(s0, s1):
-            prob[j] = prob_in[j]
-            grad[local[j]] += w * prob[j]
-        grad[local[yj]] -= w
+        f += weight[i] * nll_in[i]
+        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], weight[i])
     return f
 
 

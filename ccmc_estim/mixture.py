@@ -1006,10 +1006,10 @@ class _EMBlock:
         self.n_per_query = np.bincount(self.ql, weights=w * copyable, minlength=self.nq)
         # Set by with_unigram once the driver has combined the blocks' continuation counts.
         self.u_y = self.u_key = self.sum_u_log_u = None
-        # The entry probabilities at the copy logits last evaluated (the array itself, kept
-        # for identity) and an EntryProba: the next M-step from there starts from them.  A
-        # cache, not state: every result is the same without it (a block that Dask spills
-        # or copies drops it), so the methods stay pure.
+        # (theta, EntryProba): the entry probabilities at the copy logits last evaluated,
+        # theta being that very array (matched by identity), from which the next M-step at
+        # theta starts.  A cache, not state: every result is the same without it (a copy of
+        # the block, or one that Dask spills, drops it), so the methods stay pure.
         self._proba = None
 
     def __sizeof__(self):
@@ -1053,7 +1053,7 @@ class _EMBlock:
         new = copy.copy(self)
         flat, indptr, w_covered = self.prompts
         new.bias = bias
-        new._proba = None
+        new._proba = None  # probabilities at the old counts
         new.problem = self._layout(flat, indptr, self.y, w_covered, bias, like=self.problem)
         return new
 
