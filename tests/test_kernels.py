@@ -8,6 +8,8 @@ from ccmc_estim import _kernels
 from ccmc_estim._columns import columns_from_stats
 from ccmc_estim._stats import prompt_stats
 
+_NO_NLL = np.empty(0)
+
 
 def _one_column(rng, K=6, n=40, scale=1.0):
     """Prompts that all end in query 0, with outputs drawn from their own tokens."""
@@ -28,7 +30,32 @@ def test_nll_matches_numpy_reference(rng):
     assert _kernels.column_nll(theta, *args) == pytest.approx(ref, rel=1e-13)
     grad = np.empty_like(theta)
     prob = np.empty(cd.local.size)
-    assert _kernels.column_nll_grad(theta, *args, grad, prob) == pytest.approx(ref, rel=1e-13)
+    nll = np.empty(len(prompts))
+    assert _kernels.column_nll_grad(theta, *args, grad, prob, nll) == pytest.approx(ref, rel=1e-13)
+    per_prompt = [
+        nll_reference(logits, [p], [y], [1.0]) for p, y in zip(prompts, outputs, strict=True)
+    ]
+    np.testing.assert_allclose(np.sort(nll), np.sort(per_prompt), rtol=1e-12)
+
+
+def test_nll_grad_from_kept_probabilities_is_the_same_to_the_last_bit(rng):
+    """The entry probabilities and prompt NLLs of one evaluation give the NLL and gradient
+    at other weights without exponentials: the same sums, the same bits."""
+    *_, args, theta = _one_column(rng, scale=2.0)
+    indptr, local, count, y_entry, _ = args
+    n_prompts = indptr.size - 1
+    grad, prob, nll = np.empty_like(theta), np.empty(local.size), np.empty(n_prompts)
+    _kernels.column_nll_grad(theta, *args, grad, prob, nll)
+    other = rng.uniform(0.1, 3.0, size=n_prompts)
+    g_ref, p_ref = np.empty_like(theta), np.empty(local.size)
+    f_ref = _kernels.column_nll_grad(
+        theta, indptr, local, count, y_entry, other, g_ref, p_ref, _NO_NLL
+    )
+    g, p = np.empty_like(theta), np.empty(local.size)
+    f = _kernels.column_nll_grad_from(prob, nll, indptr, local, y_entry, other, g, p)
+    assert f == f_ref
+    np.testing.assert_array_equal(g, g_ref)
+    np.testing.assert_array_equal(p, p_ref)
 
 
 def test_gradient_hessian_hvp_against_finite_differences(rng):
@@ -37,7 +64,7 @@ def test_gradient_hessian_hvp_against_finite_differences(rng):
     n = theta.size
     grad = np.empty(n)
     prob = np.empty(local.size)
-    _kernels.column_nll_grad(theta, *args, grad, prob)
+    _kernels.column_nll_grad(theta, *args, grad, prob, _NO_NLL)
     h = 1e-6
     fd = np.array([
         (_kernels.column_nll(theta + h * e, *args) - _kernels.column_nll(theta - h * e, *args))
@@ -51,9 +78,9 @@ def test_gradient_hessian_hvp_against_finite_differences(rng):
     p2 = np.empty(local.size)
     fd_h = []
     for e in np.eye(n):
-        _kernels.column_nll_grad(theta + h * e, *args, g2, p2)
+        _kernels.column_nll_grad(theta + h * e, *args, g2, p2, _NO_NLL)
         up = g2.copy()
-        _kernels.column_nll_grad(theta - h * e, *args, g2, p2)
+        _kernels.column_nll_grad(theta - h * e, *args, g2, p2, _NO_NLL)
         fd_h.append((up - g2) / (2 * h))
     np.testing.assert_allclose(hess, np.array(fd_h), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(hess, hess.T, atol=0)
@@ -62,9 +89,9 @@ def test_gradient_hessian_hvp_against_finite_differences(rng):
     _kernels.column_hessp(v, indptr, local, weight, prob, hv)
     np.testing.assert_allclose(hv, hess @ v, rtol=1e-12, atol=1e-12)
     # Finite difference of the gradient along v, for the product itself.
-    _kernels.column_nll_grad(theta + h * v, *args, g2, p2)
+    _kernels.column_nll_grad(theta + h * v, *args, g2, p2, _NO_NLL)
     up = g2.copy()
-    _kernels.column_nll_grad(theta - h * v, *args, g2, p2)
+    _kernels.column_nll_grad(theta - h * v, *args, g2, p2, _NO_NLL)
     np.testing.assert_allclose(hv, (up - g2) / (2 * h), rtol=1e-5, atol=1e-6)
     diag = np.empty(n)
     _kernels.column_hess_diag(indptr, local, weight, prob, diag)
@@ -80,7 +107,7 @@ def test_no_overflow_at_700(rng):
     grad = np.empty_like(theta)
     prob = np.empty(cd.local.size)
     with np.errstate(over="raise", invalid="raise"):
-        f = _kernels.column_nll_grad(theta, *args, grad, prob)
+        f = _kernels.column_nll_grad(theta, *args, grad, prob, _NO_NLL)
     assert np.isfinite(f) and np.isfinite(grad).all() and np.isfinite(prob).all()
     assert np.isfinite(_kernels.column_nll(theta, *args))
 
@@ -95,7 +122,7 @@ def test_prompts_far_below_the_column_maximum_match_log_space_reference(rng):
     theta[rng.integers(theta.size)] = 700.0
     grad = np.empty_like(theta)
     prob = np.empty(cd.local.size)
-    f = _kernels.column_nll_grad(theta, *args, grad, prob)
+    f = _kernels.column_nll_grad(theta, *args, grad, prob, _NO_NLL)
     ref_f, ref_g = 0.0, np.zeros_like(theta)
     ids = cd.id_tokens[cd.id_ptr[0] : cd.id_ptr[1]]
     for p, y, w in zip(prompts, outputs, weight, strict=True):
