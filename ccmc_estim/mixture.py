@@ -1112,9 +1112,6 @@ class _EMBlock:
             out[self.rows] = vals
         return out
 
-    def base_counts(self, r):
-        return np.bincount(self.key_of, weights=self.w * (1.0 - r), minlength=self.keys.size)
-
     def prior_base(self, c):
         """``sum_q sum_y beta_q u_y log B[y, q]`` over the block's columns in O(pairs + K):
         the stored entries of each column explicitly, the rest through
@@ -1150,9 +1147,12 @@ class _EMBlock:
                                    col_total, self.beta, self.u_y, r, log_p)
         return r
 
-    def _wr(self, r):
-        """Per query column, the weight of the pairs copied: ``sum w r``."""
-        return np.bincount(self.ql, weights=self.w * r, minlength=self.nq)
+    def _sums(self, r):
+        """The expected counts at the responsibilities ``r``: per query column the weight of
+        the pairs copied, ``sum w r``, and per base-chain key the weight generated."""
+        wr, c = np.empty(self.nq), np.empty(self.keys.size)
+        _kernels.mixture_sums(self.ql, self.key_of, self.w, r, wr, c)
+        return wr, c
 
     def refine(self, params, evaluation):
         """Responsibilities after ``inner_steps`` EM steps for the copy weights (per query;
@@ -1163,9 +1163,8 @@ class _EMBlock:
         r = evaluation.r
         lam = params.lam
         no_log = np.empty(0)
-        wr, c = np.empty(self.nq), np.empty(self.keys.size)
         for _ in range(cfg.inner_steps):
-            _kernels.mixture_sums(self.ql, self.key_of, self.w, r, wr, c)
+            wr, c = self._sums(r)
             if not cfg.shared:
                 lam = _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
             r = self._posterior(lam, c, evaluation.copy_p, no_log)
@@ -1210,11 +1209,11 @@ class _EMBlock:
         self._proba = (theta, solution.proba)
         copy_p = np.zeros(self.ql.size)
         copy_p[self.rows] = solution.output_proba
-        wr = self._wr(r)
+        wr, c = self._sums(r)
         if cfg.shared:
-            return _Params(theta, None, self.base_counts(r), float(wr.sum()), copy_p)
-        return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b),
-                       self.base_counts(r), copy_p=copy_p)
+            return _Params(theta, None, c, float(wr.sum()), copy_p)
+        return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b), c,
+                       copy_p=copy_p)
 
     def step(self, params, evaluation=None, quiet=False):
         """One GEM iteration from ``params``: the E-step (unless ``evaluation`` holds it),
