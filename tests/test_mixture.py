@@ -697,3 +697,24 @@ def test_a_new_bias_recounts_the_layout_as_a_fresh_one_would(rng, monkeypatch):
                  "rows", "weight"):
         np.testing.assert_array_equal(getattr(new, name), getattr(fresh, name), err_msg=name)
     assert not np.array_equal(new.count, block.problem.count)  # the old layout is untouched
+
+
+def test_expected_counts_are_the_per_column_and_per_key_sums(rng):
+    """The M-step's and inner steps' expected counts (one compiled pass): per query column the
+    weight copied, per base-chain key the weight generated, as plain numpy sums them."""
+    from ccmc_estim import mixture
+
+    K, n = 9, 300
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(1, 10, n))])
+    flat = rng.integers(0, K, indptr[-1]).astype(np.int32)
+    y = rng.integers(0, K, n)
+    w = rng.uniform(0.5, 2.0, n)
+    config = MixtureCCMCEstimator(unknown_id=0)._em_config()
+    block = mixture._EMBlock(flat, indptr, y, w, K, 0, K, config)
+    r = rng.random(n)
+    wr, c = block._sums(r)
+    q = flat[indptr[1:] - 1]
+    np.testing.assert_allclose(wr, [np.sum(w * r * (q == k)) for k in range(K)], rtol=1e-14)
+    keys = q.astype(np.int64) * K + y
+    np.testing.assert_allclose(c, [np.sum(w * (1 - r) * (keys == k)) for k in block.keys],
+                               rtol=1e-14)
