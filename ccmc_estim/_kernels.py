@@ -387,12 +387,13 @@ def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
 
 @njit(cache=True, nogil=True)
 def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nll):
-    """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter)
-    and the entry probabilities in ``prob`` (otherwise ``prob`` is scratch space); unless
-    ``nll`` is empty, every prompt's unweighted NLL in it.  Probabilities and NLLs do not
-    depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at other
-    weights from them, to the last bit."""
+    """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter);
+    unless ``nll`` is empty, every prompt's unweighted NLL in it; with either, the entry
+    probabilities in ``prob`` (otherwise ``prob`` is scratch space).  Probabilities and NLLs
+    do not depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at
+    other weights from them, to the last bit."""
     with_grad = grad.size > 0
+    normalise = with_grad or nll.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0
     e = np.empty(theta.size)
@@ -403,7 +404,7 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
         s1 = indptr[i + 1]
         yj = y_entry[i]
         w = weight[i]
-        lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, with_grad)
+        lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise)
         v = lse - theta[local[yj]] - np.log(count[yj])
         if nll.size > 0:
             nll[i] = v
@@ -483,6 +484,54 @@ def column_hessp(v, indptr, local, weight, prob, out):
         for j in range(s0, s1):
             lj = local[j]
             out[lj] += w * prob[j] * (v[lj] - pv)
+
+
+@njit(cache=True, nogil=True)
+def column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob, grad, w_rho, w_var):
+    """The copy-and-generate mixture's loss of one column as a function of its copy logits,
+    ``sum_i w_i (-log(C_i + exp(t_i)))`` with ``C_i = exp(-nll_i)`` the CCMC probability of
+    prompt ``i``'s output and ``t_i = log_odds[i]`` the log-odds of generating it
+    (``log((1 - lam) B / lam)``, fixed), from the prompts' NLLs and entry probabilities.
+    ``grad`` receives its gradient, ``sum_i w_i rho_i (p_i - e_y)`` with ``rho_i`` the
+    posterior copy probability; ``w_rho`` and ``w_var`` receive ``w rho`` and
+    ``w rho (1 - rho)``, the weights of the Hessian (:func:`column_mixture_hessp`)."""
+    for k in range(grad.size):
+        grad[k] = 0.0
+    f = 0.0
+    for i in range(indptr.size - 1):
+        a = -nll[i]
+        t = log_odds[i]
+        hi = a if a > t else t
+        lse = hi + np.log(np.exp(a - hi) + np.exp(t - hi))
+        rho = np.exp(a - lse)
+        w = weight[i]
+        f -= w * lse
+        w_rho[i] = w * rho
+        w_var[i] = w * rho * np.exp(t - lse)
+        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], w * rho)
+    return f
+
+
+@njit(**_NOGIL)
+def column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, prob, out):
+    """Hessian-vector product of :func:`column_mixture_grad`'s loss: the CCMC Hessian at
+    weights ``w rho`` minus ``sum_i w_i rho_i (1 - rho_i) g_i g_i^T`` with ``g_i = p_i - e_y``
+    (the information the latent choice hides; the loss is not convex)."""
+    for k in range(out.size):
+        out[k] = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        pv = 0.0
+        for j in range(s0, s1):
+            pv += prob[j] * v[local[j]]
+        ly = local[y_entry[i]]
+        c = w_var[i] * (pv - v[ly])
+        w = w_rho[i]
+        for j in range(s0, s1):
+            lj = local[j]
+            out[lj] += prob[j] * (w * (v[lj] - pv) - c)
+        out[ly] += c
 
 
 @njit(**_NOGIL)
@@ -901,6 +950,36 @@ def mixture_sums(ql, key_of, w, r, wr, c):
     for i in range(ql.size):
         wr[ql[i]] += w[i] * r[i]
         c[key_of[i]] += w[i] * (1.0 - r[i])
+
+
+@njit(cache=True, nogil=True)
+def mixture_em_step(act_ptr, act_key, act_w, act_copy, act_prior, key_col, beta, lam, c, c_fixed,
+                    wr, c_new):
+    """One EM step of the copy-and-generate mixture for its copy weights and base chain at
+    fixed copy probabilities: the posterior copy probability of every pair that may be
+    copied, at the copy weights ``lam`` and the base chain's expected counts ``c`` (per key,
+    in the columns ``key_col``), summed into ``wr`` (per column, ``sum w r``) and ``c_new =
+    c_fixed + sum w (1 - r)`` (per key).  The pairs that may be copied are grouped by column
+    (``act_ptr``), each with its key, weight, copy probability and ``beta_q u_y``; the
+    others are always generated, their weight in ``c_fixed``."""
+    nq = lam.size
+    total = np.zeros(nq)
+    for k in range(c.size):
+        total[key_col[k]] += c[k]
+    for k in range(c.size):
+        c_new[k] = c_fixed[k]
+    for q in range(nq):
+        lq = lam[q]
+        scale = (1.0 - lq) / (total[q] + beta[q])
+        s = 0.0
+        for i in range(act_ptr[q], act_ptr[q + 1]):
+            k = act_key[i]
+            cp = lq * act_copy[i]
+            p = cp + (c[k] + act_prior[i]) * scale
+            r = cp / p if p > 0.0 else 0.0
+            s += act_w[i] * r
+            c_new[k] += act_w[i] * (1.0 - r)
+        wr[q] = s
 
 
 @njit(cache=True)

@@ -24,6 +24,8 @@ from ._kernels import (
     column_hess_diag,
     column_hessian,
     column_hessp,
+    column_mixture_grad,
+    column_mixture_hessp,
     column_nll_grad,
     column_nll_grad_from,
 )
@@ -118,8 +120,12 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
 
 
 @njit(cache=True, nogil=True)
-def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
-    """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance."""
+def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var):
+    """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance or at a direction
+    of non-positive curvature.  With ``w_var`` (not empty), ``H`` is the mixture's Hessian of
+    :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho``; the CCMC
+    Hessian at those weights, positive definite, preconditions it."""
+    mixture = w_var.size > 0
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)
@@ -141,7 +147,10 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale):
     rz = _dot(r, z)
     hp = np.empty(n)
     for _ in range(min(n, 250)):
-        column_hessp(p, indptr, local, weight, prob, hp)
+        if mixture:
+            column_mixture_hessp(p, indptr, local, y_entry, weight, w_var, prob, hp)
+        else:
+            column_hessp(p, indptr, local, weight, prob, hp)
         for k in range(n):
             hp[k] += alpha * p[k]
         php = _dot(p, hp)
@@ -219,14 +228,16 @@ def _count_start(indptr, local, count, y_entry, weight, unit, theta, chosen, off
 NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
 
-def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, info_diag,
-                 out_proba, proba):
+def _solve_chunk(cols, lay, log_odds, theta, use_cg, settings, out, info_offsets, info,
+                 info_diag, out_proba, proba):
     """Solve the columns ``cols`` of a layout in place; per column, record the objective,
     iterations and status in ``out``, the observed information at the solution (dense
     where ``info_offsets[q] >= 0``, its diagonal always) and, unless ``out_proba`` is empty,
     the probability of every layout prompt's output.  ``proba`` is the entry probabilities
     and prompt NLLs at the start and the same at the solution, each pair empty when not
-    given or not wanted (see :class:`EntryProba`).
+    given or not wanted (see :class:`EntryProba`).  Unless ``log_odds`` is empty, the loss of
+    each prompt is the copy-and-generate mixture's (see
+    :func:`~ccmc_estim._kernels.column_mixture_grad`).
 
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
@@ -235,14 +246,15 @@ def _solve_chunk(cols, lay, theta, use_cg, settings, out, info_offsets, info, in
     cg = use_cg[cols]
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
-            _solve_columns(part, *lay, theta, float(alpha), float(tol), int(max_iter), cold,
-                           *out, info_offsets, info, info_diag, out_proba, *proba, kind)
+            _solve_columns(part, *lay, log_odds, theta, float(alpha), float(tol), int(max_iter),
+                           cold, *out, info_offsets, info, info_diag, out_proba, *proba, kind)
 
 
 @njit(cache=True, nogil=True)
-def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr, theta,
-                   alpha, tol, max_iter, cold, objective, n_iter, status, info_offsets, info,
-                   info_diag, out_proba, prob_in, nll_in, prob_out, nll_out, kind):
+def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr,
+                   log_odds_all, theta, alpha, tol, max_iter, cold, objective, n_iter, status,
+                   info_offsets, info, info_diag, out_proba, prob_in, nll_in, prob_out, nll_out,
+                   kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -262,8 +274,14 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
     for q in cols:
         most_prompts = max(most_prompts, col_ptr[q + 1] - col_ptr[q])
     keep = prob_out.size > 0
-    nll_buf = np.empty(most_prompts if keep else 0)
-    nll_t_buf = np.empty(most_prompts if keep else 0)
+    mixture = log_odds_all.size > 0
+    n_nll = most_prompts if keep or mixture else 0
+    nll_buf = np.empty(n_nll)
+    nll_t_buf = np.empty(n_nll)
+    n_mix = most_prompts if mixture else 0
+    w_rho_buf, w_var_buf = np.empty(n_mix), np.empty(n_mix)
+    w_rho_t_buf, w_var_t_buf = np.empty(n_mix), np.empty(n_mix)
+    no_grad = np.empty(0)  # the mixture's gradient comes from column_mixture_grad
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -290,8 +308,13 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         trial = np.empty(n)
         grad_t = np.empty(n)
         prob_t = prob_t_buf[: e1 - e0]
-        nll = nll_buf[: b - a if keep else 0]
-        nll_t = nll_t_buf[: b - a if keep else 0]
+        nll = nll_buf[: b - a if n_nll > 0 else 0]
+        nll_t = nll_t_buf[: b - a if n_nll > 0 else 0]
+        lo = log_odds_all[a:b] if mixture else log_odds_all
+        w_rho = w_rho_buf[: b - a if mixture else 0]
+        w_var = w_var_buf[: b - a if mixture else 0]
+        w_rho_t = w_rho_t_buf[: b - a if mixture else 0]
+        w_var_t = w_var_t_buf[: b - a if mixture else 0]
         total = 0.0
         for r in range(b - a):
             total += w[r]
@@ -299,12 +322,21 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         if cold:
             _count_start(ip, local, count, y, w, total / n, theta_q, trial, grad_t)
         gtol = tol * scale
+        f = 0.0
         if prob_in.size > 0:  # the probabilities at theta_q are known: the same numbers
-            f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad, prob)
+            if mixture:
+                for j in range(e1 - e0):
+                    prob[j] = prob_in[e0 + j]
+            else:
+                f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad,
+                                         prob)
             for r in range(nll.size):
                 nll[r] = nll_in[a + r]
         else:
-            f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob, nll)
+            f = column_nll_grad(theta_q, ip, local, count, y, w, no_grad if mixture else grad,
+                                prob, nll)
+        if mixture:
+            f = column_mixture_grad(nll, lo, ip, local, y, w, prob, grad, w_rho, w_var)
         for k in range(n):
             grad[k] += alpha * theta_q[k]
         f += 0.5 * alpha * _dot(theta_q, theta_q)
@@ -317,10 +349,13 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             if it >= max_iter:
                 break
             it += 1
+            # The mixture's loss is not convex: its dense Newton steps take the CCMC Hessian
+            # at the weights w rho (EM's), positive definite; CG takes the exact one.
+            w_h = w_rho if mixture else w
             if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
-                d = _cg_direction(grad, ip, local, w, prob, alpha, scale)
+                d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var)
             else:
-                d = _dense_direction(grad, ip, local, w, prob, alpha)
+                d = _dense_direction(grad, ip, local, w_h, prob, alpha)
             gd = _dot(grad, d)
             if not gd < 0.0:  # not a descent direction (numerical breakdown): steepest descent
                 for k in range(n):
@@ -333,7 +368,11 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             while True:
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
-                ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t, nll_t)
+                ft = column_nll_grad(trial, ip, local, count, y, w,
+                                     no_grad if mixture else grad_t, prob_t, nll_t)
+                if mixture:
+                    ft = column_mixture_grad(nll_t, lo, ip, local, y, w, prob_t, grad_t,
+                                             w_rho_t, w_var_t)
                 for k in range(n):
                     grad_t[k] += alpha * trial[k]
                 ft += 0.5 * alpha * _dot(trial, trial)
@@ -349,6 +388,8 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             grad, grad_t = grad_t, grad
             prob, prob_t = prob_t, prob
             nll, nll_t = nll_t, nll
+            w_rho, w_rho_t = w_rho_t, w_rho
+            w_var, w_var_t = w_var_t, w_var
             f_old = f
             f = ft
             if f_old - f <= slack and (t < 1.0 or _abs_max(grad) > 0.5 * g_old):
@@ -474,7 +515,7 @@ class ColumnSolution:
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
                   cold_start=False, output_proba=False, chunks=None, start_proba=None,
-                  keep_proba=False):
+                  keep_proba=False, log_odds=None):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -495,6 +536,10 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         The probabilities at ``theta`` (not with ``cold_start``): the solution is the same.
     keep_proba : bool
         Also return the :class:`EntryProba` at the solution.
+    log_odds : ndarray of float64, shape (problem.col_ptr[-1],), or None
+        Solve the copy-and-generate mixture's problem in the copy logits instead: prompt
+        ``r``'s loss is ``-log(C_r + exp(log_odds[r]))``, its output generated with those
+        odds against being copied (see :func:`~ccmc_estim._kernels.column_mixture_grad`).
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
@@ -544,8 +589,8 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     kept = EntryProba(np.empty(cd.indptr[-1]), np.empty(cd.col_ptr[-1])) if keep_proba else None
     proba = ((none, none) if start_proba is None else (start_proba.entry, start_proba.nll)) + (
         (none, none) if kept is None else (kept.entry, kept.nll))
-    args = (cd.layout, theta, use_cg, settings, out, info_offsets, info, info_diag, out_proba,
-            proba)
+    args = (cd.layout, none if log_odds is None else log_odds, theta, use_cg, settings, out,
+            info_offsets, info, info_diag, out_proba, proba)
     if chunks is None:
         chunks = balanced_chunks(cols, cost, n_jobs)
     run_threads(_solve_chunk, chunks, *args)

@@ -445,15 +445,15 @@ class MixtureCCMC:
 class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     """Copy-and-generate estimator for real sequences: a CCMC mixed with a base chain.
 
-    Fits :class:`MixtureCCMC` to **any** pairs (outputs inside or outside their prompts) by a
-    generalised EM algorithm.  E-step: the posterior that pair ``i`` was copied,
-    ``r_i = lam_q C(y_i | x_i) / P(y_i | x_i)``.  M-steps: the logits by warm-started Newton
-    steps on the penalised CCMC likelihood with sample weights ``w_i r_i`` (a partial M-step
-    that only lowers its objective keeps EM monotone), the base chain by smoothed expected
-    counts, the copy weights in closed form, the last two first for ``inner_steps`` EM steps
-    of their own at fixed copy probabilities.  Each EM iteration cannot increase the penalised
-    objective (``objective_trace_``); SQUAREM extrapolation accelerates it, every extrapolated
-    point being accepted only when it lowers the objective.
+    Fits :class:`MixtureCCMC` to **any** pairs (outputs inside or outside their prompts) by an
+    EM algorithm with the latent choice "copied or generated".  E-step: the posterior that
+    pair ``i`` was copied, ``r_i = lam_q C(y_i | x_i) / P(y_i | x_i)``.  Then ``inner_steps``
+    EM steps for the base chain (smoothed expected counts) and the copy weights (closed form)
+    at fixed copy probabilities, and a warm-started Newton step for the copy logits: by
+    default (ECME) on the penalised likelihood itself at those copy weights and base chain,
+    or (``algorithm="em"``) on EM's penalised CCMC likelihood with sample weights
+    ``w_i r_i``.  Every step lowers the penalised objective (``objective_trace_``); see the
+    theory page of the docs.
 
     Parameters
     ----------
@@ -480,15 +480,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         Stop when an iteration lowers the objective by less than ``tol`` times its size (its
         size is about the number of pairs times the entropy per token).
     newton_steps : int, default=1
-        Newton iterations of the logits per M-step (a partial M-step).  A column already
+        Newton iterations of the logits per EM iteration (a partial step).  A column already
         within ``tol / 100`` of the solvers' stopping rule (gradient of its mean loss) takes
         none.
-    inner_steps : int, default=5
+    inner_steps : int, default=50
         EM steps for the copy weights and the base chain at fixed copy logits within every
-        iteration, before the logits' M-step (a shared copy weight stays fixed in them: it
-        couples every column).  EM couples these with the responsibilities slowly, and their
-        steps need no pass over the prompts: on the Python corpus of the benchmarks, 5 of them
-        halve the iterations.  0 gives plain EM.
+        iteration, before the logits' step (a shared copy weight stays fixed in them: it
+        couples every column).  EM couples these with the responsibilities slowly, and each
+        of their steps is one pass over the pairs that can be copied, none over the prompts.
+        0 with ``algorithm="em"`` gives plain EM.
     max_distance : int, default=0
         A learned bias ``b[d]`` per distance ``d = 1..max_distance`` from the end of the prompt
         in the copy part (larger distances share ``b[max_distance]``; ``b[0] = 0``), a
@@ -501,7 +501,14 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     position_bias : array-like of shape (D + 1,) or None, default=None
         A fixed bias of the copy part instead (``max_distance`` is then ignored; shifted so
         that ``b[0] = 0``).
-    acceleration : {"squarem", None}, default="squarem"
+    algorithm : {"ecme", "em"}, default="ecme"
+        The copy logits' Newton step: on the mixture's likelihood itself, at the current copy
+        weights and base chain (ECME, Liu and Rubin 1994: the same fixed points as EM, far
+        fewer iterations), or on EM's expected complete-data likelihood.
+    acceleration : {None, "squarem"}, default=None
+        SQUAREM extrapolation of the iteration map, an extrapolated point being kept only
+        when it lowers the objective: fewer iterations to a tight ``tol``, but more time at
+        the default one with ECME.
     warm_start : bool, default=False
         Start from the previous fit when the vocabulary is the same (a learned bias starts
         from the previous one, its last entry repeated up to ``max_distance``, whenever that
@@ -575,6 +582,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         "inner_steps": [number(Integral, 0, 10**6)],
         "max_distance": [number(Integral, 0, 10**6)],
         "position_bias": [None, "array-like"],
+        "algorithm": [StrOptions({"ecme", "em"})],
         "acceleration": [StrOptions({"squarem"}), None],
         "warm_start": ["boolean"],
         "sparse": [StrOptions({"auto"}), "boolean"],
@@ -585,9 +593,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
 
     def __init__(self, alpha=1.0, *, n_tokens=None, smoothing="witten-bell",
                  copy_prior=(1.0, 1.0), copy_weight="per_query", unknown_id=None,
-                 max_iter=200, tol=1e-4, newton_steps=1, inner_steps=5,
-                 max_distance=0, position_bias=None, acceleration="squarem", warm_start=False,
-                 sparse="auto", n_jobs=None, verbose=0):
+                 max_iter=200, tol=1e-4, newton_steps=1, inner_steps=50,
+                 max_distance=0, position_bias=None, algorithm="ecme", acceleration=None,
+                 warm_start=False, sparse="auto", n_jobs=None, verbose=0):
         self.alpha = alpha
         self.n_tokens = n_tokens
         self.smoothing = smoothing
@@ -600,6 +608,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self.inner_steps = inner_steps
         self.max_distance = max_distance
         self.position_bias = position_bias
+        self.algorithm = algorithm
         self.acceleration = acceleration
         self.warm_start = warm_start
         self.sparse = sparse
@@ -677,7 +686,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             bias[previous.size :] = previous[-1]
         return _EMConfig(self.alpha, self.newton_steps, 0.01 * self.tol, self.inner_steps,
                          self.copy_weight == "shared", a, b, self.smoothing, self.unknown_id,
-                         self.n_jobs, bias, learn and bias.size > 1)
+                         self.n_jobs, bias, learn and bias.size > 1, self.algorithm == "ecme")
 
     def _check_unknown_id(self, n_tokens):
         if self.unknown_id is not None and self.unknown_id >= n_tokens:
@@ -852,6 +861,7 @@ class _EMConfig:
     n_jobs: object  # the estimator's n_jobs: threads are counted where the block lives
     position_bias: np.ndarray  # the copy part's bias by distance at the start ([0]: none)
     learn_bias: bool
+    ecme: bool
 
 
 @dataclass(eq=False)
@@ -1003,9 +1013,15 @@ class _EMBlock:
         self.keys, self.key_of, self.beta = _bigram_keys(q, y, K, config.smoothing, self.q0,
                                                          self.q1)
         self.key_col = self.keys // K - self.q0
+        # The inner steps visit the pairs that may be copied (the covered ones, which the
+        # layout holds by column) and take the others' weight as generated (c_fixed).
+        self.row_ptr = problem.col_ptr[self.q0 : self.q1 + 1] - problem.col_ptr[self.q0]
+        self.key_rows = self.key_of[self.rows]
+        self.c_fixed = np.bincount(self.key_of[~covered], weights=w[~covered],
+                                   minlength=self.keys.size)
         self.n_per_query = np.bincount(self.ql, weights=w * copyable, minlength=self.nq)
         # Set by with_unigram once the driver has combined the blocks' continuation counts.
-        self.u_y = self.u_key = self.sum_u_log_u = None
+        self.u_y = self.u_key = self.sum_u_log_u = self.prior_rows = None
         # (theta, EntryProba): the entry probabilities at the copy logits last evaluated,
         # theta being that very array (matched by identity), from which the next M-step at
         # theta starts.  A cache, not state: every result is the same without it (a copy of
@@ -1087,6 +1103,7 @@ class _EMBlock:
         new = copy.copy(self)
         new.u_y = unigram[self.y]
         new.u_key = unigram[self.keys % self.K]
+        new.prior_rows = self.beta[self.ql[self.rows]] * new.u_y[self.rows]  # beta_q u_y
         new.sum_u_log_u = sum_u_log_u
         return new
 
@@ -1154,21 +1171,27 @@ class _EMBlock:
         _kernels.mixture_sums(self.ql, self.key_of, self.w, r, wr, c)
         return wr, c
 
-    def refine(self, params, evaluation):
-        """Responsibilities after ``inner_steps`` EM steps for the copy weights (per query;
-        a shared one is the driver's and stays) and the base chain at the copy logits of
-        ``params``, from its E-step ``evaluation``.  Each step raises the objective, as an
-        EM step does, and costs a few passes over the pairs, none over the prompts."""
+    def refine(self, params, evaluation, n_steps):
+        """Copy weights and base-chain counts after ``1 + n_steps`` EM steps for them
+        (the copy weights per query; a shared one is the driver's and stays) at the copy
+        logits of ``params``, from its E-step ``evaluation``.  Each step raises the
+        objective, as an EM step does, and costs a pass over the pairs that can be copied,
+        none over the prompts."""
         cfg = self.config
-        r = evaluation.r
-        lam = params.lam
-        no_log = np.empty(0)
-        for _ in range(cfg.inner_steps):
-            wr, c = self._sums(r)
+        wr, c = self._sums(evaluation.r)
+        lam = params.lam if cfg.shared else _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
+        if n_steps == 0:
+            return lam, c
+        copy_rows = evaluation.copy_p[self.rows]
+        c_new = np.empty_like(c)
+        for _ in range(n_steps):
+            _kernels.mixture_em_step(self.row_ptr, self.key_rows, self.w_rows, copy_rows,
+                                     self.prior_rows, self.key_col, self.beta, lam, c,
+                                     self.c_fixed, wr, c_new)
+            c, c_new = c_new, c
             if not cfg.shared:
                 lam = _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
-            r = self._posterior(lam, c, evaluation.copy_p, no_log)
-        return r
+        return lam, c
 
     # ------------------------------------------------------------------ EM steps
     def initial(self, previous):
@@ -1191,37 +1214,73 @@ class _EMBlock:
         return self.m_step(theta, r, cold_start=previous is None)
 
     def m_step(self, theta, r, cold_start=False):
-        """Partial M-step: Newton steps for the logits (warm started, or from the counts with
+        """EM's partial M-step at the responsibilities ``r``: Newton steps for the logits of
+        the expected complete-data log-likelihood (warm started, or from the counts with
         ``cold_start``), closed forms for the base-chain counts and the per-query copy
         weights (the shared one is the driver's)."""
         cfg = self.config
-        known = self._proba
-        start = known[1] if known is not None and known[0] is theta and not cold_start else None
-        theta = theta.copy()
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
-        # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
-        # dense Hessian costs a pass over the token pairs of every prompt.
-        solution = solve_columns(weighted, theta, alpha=cfg.alpha, tol=cfg.column_tol,
-                                 max_iter=cfg.newton_steps, solver="newton-cg",
-                                 n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
-                                 output_proba=True, chunks=self.chunks, start_proba=start,
-                                 keep_proba=True)
-        self._proba = (theta, solution.proba)
-        copy_p = np.zeros(self.ql.size)
-        copy_p[self.rows] = solution.output_proba
+        theta, copy_p = self._newton(weighted, theta, None, cold_start)
         wr, c = self._sums(r)
         if cfg.shared:
             return _Params(theta, None, c, float(wr.sum()), copy_p)
         return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b), c,
                        copy_p=copy_p)
 
+    def cm_step(self, theta, lam, c):
+        """ECME's step for the logits: Newton steps for the likelihood itself (the mixture's,
+        not EM's expected complete-data one) at the copy weights ``lam`` and base-chain
+        counts ``c``.  A shared copy weight then takes its EM step at the new logits (the
+        driver's, from the blocks' ``wr``)."""
+        cfg = self.config
+        rows = self.rows
+        q = self.ql[rows]
+        col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
+        base = ((c[self.key_of[rows]] + self.beta[q] * self.u_y[rows])
+                / (col_total[q] + self.beta[q]))
+        with np.errstate(divide="ignore"):
+            log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
+        weighted = replace(self.problem, weight=self.w_rows)
+        theta, copy_p = self._newton(weighted, theta, log_odds, False)
+        if cfg.shared:
+            r = self._posterior(lam, c, copy_p, np.empty(0))
+            return _Params(theta, None, c, float(self.w @ r), copy_p)
+        return _Params(theta, lam, c, copy_p=copy_p)
+
+    def _newton(self, weighted, theta, log_odds, cold_start):
+        """Newton steps for the copy logits from ``theta`` (a new array is returned) and the
+        copy probability of every pair at the result."""
+        cfg = self.config
+        known = self._proba
+        start = known[1] if known is not None and known[0] is theta and not cold_start else None
+        theta = theta.copy()
+        # Truncated Newton: Hessian-vector products cost one pass over the entries, where a
+        # dense Hessian costs a pass over the token pairs of every prompt.
+        solution = solve_columns(weighted, theta, alpha=cfg.alpha, tol=cfg.column_tol,
+                                 max_iter=cfg.newton_steps, solver="newton-cg",
+                                 n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
+                                 output_proba=True, chunks=self.chunks, start_proba=start,
+                                 keep_proba=True, log_odds=log_odds)
+        self._proba = (theta, solution.proba)
+        copy_p = np.zeros(self.ql.size)
+        copy_p[self.rows] = solution.output_proba
+        return theta, copy_p
+
     def step(self, params, evaluation=None, quiet=False):
-        """One GEM iteration from ``params``: the E-step (unless ``evaluation`` holds it),
-        the inner steps (:meth:`refine`), then the M-step."""
+        """One iteration from ``params``: the E-step (unless ``evaluation`` holds it), EM
+        steps for the copy weights and the base chain (:meth:`refine`), then the step for
+        the copy logits, ECME's or EM's (``algorithm``)."""
         with _quiet(quiet):
             if evaluation is None:
                 evaluation = self.evaluate(params)
-            return self.m_step(params.theta, self.refine(params, evaluation))
+            k = self.config.inner_steps
+            if self.config.ecme:
+                return self.cm_step(params.theta, *self.refine(params, evaluation, k))
+            r = evaluation.r
+            if k > 0:
+                lam, c = self.refine(params, evaluation, k - 1)
+                r = self._posterior(lam, c, evaluation.copy_p, np.empty(0))
+            return self.m_step(params.theta, r)
 
     def evaluate(self, params, quiet=False):
         """E-step at ``params``: the block's parts of the objective (weighted log-likelihood,

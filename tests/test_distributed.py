@@ -339,8 +339,8 @@ def _equal_mixtures(ref, est, rtol=1e-10):
     """A Dask fit equals the in-memory fit.  Every per-column computation sees the same
     pairs in the same order (bitwise equal); only the sums over column blocks (objective,
     SQUAREM norms, shared copy weight) are rounded differently, by ~1e-16 relative, which the
-    SQUAREM step sizes carry into the parameters at ~1e-14.  1e-10 leaves room for that and
-    for nothing else: a pair in the wrong block or a missing one changes the fit at 1e-4 or
+    SQUAREM step sizes and the shared weight carry into the parameters at ~1e-14.  1e-10
+    leaves room for that and for nothing else: a pair in the wrong block or a missing one changes the fit at 1e-4 or
     more.  Logits, copy weights and probabilities are O(1) and can be 0, so the same 1e-10
     is also their absolute tolerance."""
     assert sorted(vars(est)) == sorted(vars(ref))
@@ -358,15 +358,17 @@ def _equal_mixtures(ref, est, rtol=1e-10):
     np.testing.assert_array_equal(est.classes_, ref.classes_)
 
 
-@pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
-def test_mixture_fit_equals_in_memory(client, mixture_data, copy_weight, capsys):
+@pytest.mark.parametrize("copy_weight, acceleration",
+                         [("per_query", None), ("shared", None), ("per_query", "squarem")])
+def test_mixture_fit_equals_in_memory(client, mixture_data, copy_weight, acceleration, capsys):
     X, y, w = mixture_data
-    ref = MixtureCCMCEstimator(copy_weight=copy_weight, tol=1e-8).fit(X, y, sample_weight=w)
-    est = MixtureCCMCEstimator(copy_weight=copy_weight, tol=1e-8, verbose=1).fit(
+    kw = dict(copy_weight=copy_weight, acceleration=acceleration, tol=1e-8)
+    ref = MixtureCCMCEstimator(**kw).fit(X, y, sample_weight=w)
+    est = MixtureCCMCEstimator(**kw, verbose=1).fit(
         da.from_array(X, chunks=(700, 4)), da.from_array(y, chunks=900),
         da.from_array(w, chunks=500))
     assert "(Dask, 6 partitions, 2 blocks)" in capsys.readouterr().out  # a block per thread
-    assert ref.n_iter_ >= 5  # a real EM path, with SQUAREM steps, not one step
+    assert ref.n_iter_ >= 5  # a real EM path, not one step
     _equal_mixtures(ref, est)
     # The fitted estimator predicts in memory like any other.
     np.testing.assert_allclose(est.predict_proba(X[:50]), ref.predict_proba(X[:50]),

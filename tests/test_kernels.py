@@ -137,3 +137,128 @@ def test_prompts_far_below_the_column_maximum_match_log_space_reference(rng):
     assert f == pytest.approx(ref_f, rel=1e-12)
     np.testing.assert_allclose(grad, ref_g, rtol=1e-9, atol=1e-9)
     assert _kernels.column_nll(theta, *args) == pytest.approx(ref_f, rel=1e-12)
+
+
+def _mixture_loss_reference(theta, prompts, outputs, weight, cd, log_odds):
+    """``sum_i w_i (-log(C_i + exp(t_i)))`` with ``C_i`` the CCMC probability by brute force:
+    the order of ``log_odds`` is the layout's, which keeps the prompts' order in one column."""
+    from conftest import nll_reference
+
+    logits = cd.to_dense(theta)
+    c = np.array([np.exp(-nll_reference(logits, [p], [y], [1.0]))
+                  for p, y in zip(prompts, outputs, strict=True)])
+    return float(-(weight * np.log(c + np.exp(log_odds))).sum())
+
+
+def _mixture_eval(theta, args, log_odds):
+    indptr, local, count, y_entry, weight = args
+    n_prompts = indptr.size - 1
+    prob, nll = np.empty(local.size), np.empty(n_prompts)
+    _kernels.column_nll_grad(theta, indptr, local, count, y_entry, weight, np.empty(0), prob,
+                             nll)
+    grad, w_rho, w_var = np.empty_like(theta), np.empty(n_prompts), np.empty(n_prompts)
+    f = _kernels.column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob, grad,
+                                     w_rho, w_var)
+    return f, grad, prob, w_rho, w_var
+
+
+def test_mixture_loss_gradient_and_hvp_against_brute_force_and_finite_differences(rng):
+    """The copy-and-generate mixture's loss in the copy logits (ECME's step): the value by
+    brute force, the gradient and the exact (not convex) Hessian-vector product by finite
+    differences."""
+    prompts, outputs, weight, cd, args, theta = _one_column(rng, scale=1.5)
+    indptr, local, _, y_entry, _ = args
+    log_odds = rng.uniform(-4.0, 2.0, size=indptr.size - 1)
+    f, grad, prob, w_rho, w_var = _mixture_eval(theta, args, log_odds)
+    ref = _mixture_loss_reference(theta, prompts, outputs, weight, cd, log_odds)
+    assert f == pytest.approx(ref, rel=1e-12)
+    h = 1e-6
+    n = theta.size
+    fd = np.array([(_mixture_eval(theta + h * e, args, log_odds)[0]
+                    - _mixture_eval(theta - h * e, args, log_odds)[0]) / (2 * h)
+                   for e in np.eye(n)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7)
+    # The weights of the Hessian: w rho and w rho (1 - rho), rho the posterior copy
+    # probability C / (C + exp(t)).
+    c = prob[y_entry]  # the CCMC probability of each prompt's output
+    rho = c / (c + np.exp(log_odds))
+    np.testing.assert_allclose(w_rho, weight * rho, rtol=1e-12)
+    np.testing.assert_allclose(w_var, weight * rho * (1 - rho), rtol=1e-10)
+    hess = np.array([(_mixture_eval(theta + h * e, args, log_odds)[1]
+                      - _mixture_eval(theta - h * e, args, log_odds)[1]) / (2 * h)
+                     for e in np.eye(n)])
+    v = rng.standard_normal(n)
+    hv = np.empty(n)
+    _kernels.column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, prob, hv)
+    np.testing.assert_allclose(hv, hess @ v, rtol=1e-5, atol=1e-6)
+    # Not the CCMC Hessian at the weights w rho (EM's): the hidden information is missing
+    # from that one.
+    em = np.empty(n)
+    _kernels.column_hessp(v, indptr, local, w_rho, prob, em)
+    assert np.abs(em - hess @ v).max() > 1e-3 * np.abs(hv).max()
+    # No exponent overflows at odds of exp(+-700).
+    with np.errstate(over="raise", invalid="raise"):
+        for t in (-700.0, 700.0):
+            f, grad, *_ = _mixture_eval(theta, args, np.full(indptr.size - 1, t))
+            assert np.isfinite(f) and np.isfinite(grad).all()
+
+
+def test_mixture_em_step_against_numpy(rng):
+    """One EM step for the copy weights and the base chain at fixed copy probabilities: the
+    posterior copy probability of each pair and the expected counts, by plain numpy."""
+    nq, n_keys, n = 5, 12, 300
+    key_col = np.sort(rng.integers(0, nq, n_keys))
+    key = rng.integers(0, n_keys, n)
+    q = key_col[key]
+    copy = np.where(rng.random(n) < 0.7, rng.uniform(0, 1, n), 0.0)  # 0: cannot be copied
+    copy[:3] = 1e-320  # copyable in principle, underflowed
+    w = rng.uniform(0.1, 2.0, n)
+    beta = rng.uniform(0.5, 3.0, nq)
+    u = rng.uniform(0.01, 0.2, n)  # the unigram probability of each pair's output
+    lam = rng.uniform(0.05, 0.95, nq)
+    c = rng.uniform(0, 5, n_keys)
+    total = np.bincount(key_col, weights=c, minlength=nq)
+    cp = lam[q] * copy
+    base = (1 - lam[q]) * (c[key] + beta[q] * u) / (total[q] + beta[q])
+    r = cp / (cp + base)
+    wr_ref = np.bincount(q, weights=w * r, minlength=nq)
+    c_ref = np.bincount(key, weights=w * (1 - r), minlength=n_keys)
+    act = np.flatnonzero(copy > 0)
+    act = act[np.argsort(q[act], kind="stable")]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(q[act], minlength=nq))])
+    fixed = np.setdiff1d(np.arange(n), act)
+    c_fixed = np.bincount(key[fixed], weights=w[fixed], minlength=n_keys)
+    wr, c_new = np.empty(nq), np.empty(n_keys)
+    _kernels.mixture_em_step(ptr, key[act], w[act], copy[act], (beta[q] * u)[act], key_col,
+                             beta, lam, c, c_fixed, wr, c_new)
+    np.testing.assert_allclose(wr, wr_ref, rtol=1e-12)
+    np.testing.assert_allclose(c_new, c_ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["newton-cg", "newton"])
+def test_mixture_solve_reaches_the_minimum_of_a_generic_optimiser(rng, solver):
+    """``solve_columns(log_odds=...)`` (ECME's step, on a loss that is not convex) ends where
+    scipy's L-BFGS on the brute-force loss ends, from the same start: truncated Newton on
+    the exact Hessian, or dense steps on EM's positive definite part of it."""
+    from scipy.optimize import minimize
+
+    from ccmc_estim._solvers import CONVERGED, solve_columns
+
+    prompts, outputs, weight, cd, _, theta0 = _one_column(rng, n=60)
+    log_odds = rng.uniform(-3.0, 1.0, size=len(prompts))
+    alpha = 0.3
+
+    def objective(t):
+        return (_mixture_loss_reference(t, prompts, outputs, weight, cd, log_odds)
+                + 0.5 * alpha * t @ t)
+
+    theta = theta0.copy()
+    sol = solve_columns(cd, theta, alpha=alpha, tol=1e-12, max_iter=100, solver=solver,
+                        n_jobs=1, info_max=-1, log_odds=log_odds)
+    ref = minimize(objective, theta0, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10})
+    assert sol.objective[0] + 0.0 == pytest.approx(objective(theta), rel=1e-12)
+    assert objective(theta) <= ref.fun + 1e-9 * abs(ref.fun)
+    np.testing.assert_allclose(theta, ref.x, atol=1e-4)
+    # Newton's quadratic convergence with the exact Hessian; linear with EM's part of it.
+    assert sol.status[0] == CONVERGED
+    assert sol.n_iter[0] <= (12 if solver == "newton-cg" else 60)

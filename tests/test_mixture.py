@@ -100,8 +100,9 @@ def test_em_is_monotone_and_deterministic(seed):
     model = _random_mixture(rng, int(rng.integers(3, 9)))
     X, y = _simulate(model, rng, 1500, int(rng.integers(2, 12)))
     alpha = float(rng.uniform(0.1, 3))
-    for acceleration, inner_steps in itertools.product(("squarem", None), (5, 0)):
-        est = MixtureCCMCEstimator(alpha=alpha, acceleration=acceleration,
+    for algorithm, acceleration, inner_steps in itertools.product(
+            ("ecme", "em"), ("squarem", None), (5, 0)):
+        est = MixtureCCMCEstimator(alpha=alpha, algorithm=algorithm, acceleration=acceleration,
                                    inner_steps=inner_steps,
                                    copy_weight=("per_query", "shared")[seed % 2]).fit(X, y)
         trace = est.objective_trace_
@@ -112,16 +113,22 @@ def test_em_is_monotone_and_deterministic(seed):
 
 
 @pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
-def test_inner_steps_change_the_path_not_the_optimum(copy_weight):
+def test_inner_steps_and_ecme_change_the_path_not_the_optimum(copy_weight):
     rng = np.random.default_rng(7)
     model = _random_mixture(rng, 6)
     X, y = _simulate(model, rng, 3000, 6)
-    fits = [MixtureCCMCEstimator(alpha=0.5, copy_weight=copy_weight, inner_steps=k, tol=1e-13,
-                                 max_iter=20_000).fit(X, y) for k in (0, 5)]
-    plain, inner = fits
-    assert inner.objective_trace_[-1] == pytest.approx(plain.objective_trace_[-1], rel=1e-9)
-    np.testing.assert_allclose(inner.copy_weight_, plain.copy_weight_, atol=1e-5)
-    np.testing.assert_allclose(inner.ccmc_.toarray(), plain.ccmc_.toarray(), atol=2e-4)
+    fits = [MixtureCCMCEstimator(alpha=0.5, copy_weight=copy_weight, algorithm=algorithm,
+                                 inner_steps=k, tol=1e-13, acceleration="squarem",
+                                 max_iter=20_000).fit(X, y)
+            for algorithm, k in (("em", 0), ("em", 5), ("ecme", 0), ("ecme", 50))]
+    plain = fits[0]
+    for other in fits[1:]:
+        assert other.objective_trace_[-1] == pytest.approx(plain.objective_trace_[-1],
+                                                           rel=1e-9)
+        np.testing.assert_allclose(other.copy_weight_, plain.copy_weight_, atol=1e-5)
+        np.testing.assert_allclose(other.ccmc_.toarray(), plain.ccmc_.toarray(), atol=2e-4)
+    # ECME gets there in fewer iterations than EM, with the same inner steps.
+    assert fits[2].n_iter_ < fits[0].n_iter_
 
 
 def test_m_step_skips_solved_columns(monkeypatch):
@@ -142,7 +149,8 @@ def test_m_step_skips_solved_columns(monkeypatch):
     rng = np.random.default_rng(3)
     model = _random_mixture(rng, 8)
     X, y = _simulate(model, rng, 4000, 8)
-    est = MixtureCCMCEstimator(alpha=0.5, tol=1e-6).fit(X, y)
+    # SQUAREM: an unaccelerated EM stops at tol=1e-6 further from the optimum than 1e-7.
+    est = MixtureCCMCEstimator(alpha=0.5, tol=1e-6, acceleration="squarem").fit(X, y)
     assert {tol for tol, _ in calls} == {1e-8}
     skipped = sum(n for _, n in calls)
     trace = est.objective_trace_
@@ -150,7 +158,8 @@ def test_m_step_skips_solved_columns(monkeypatch):
     # The same number of M-steps at a 100 times tighter tolerance skips fewer columns.
     calls.clear()
     with pytest.warns(ConvergenceWarning):  # it stops at max_iter, as intended
-        MixtureCCMCEstimator(alpha=0.5, tol=1e-8, max_iter=est.n_iter_).fit(X, y)
+        MixtureCCMCEstimator(alpha=0.5, tol=1e-8, max_iter=est.n_iter_,
+                             acceleration="squarem").fit(X, y)
     assert skipped > sum(n for _, n in calls)
     monkeypatch.setattr(mixture, "solve_columns", original)
     tight = MixtureCCMCEstimator(alpha=0.5, tol=1e-13, max_iter=20_000).fit(X, y)
@@ -552,7 +561,9 @@ def test_warm_start_on_shorter_prompts_cuts_the_bias():
     rng = np.random.default_rng(9)
     truth = _positional_truth(rng)
     X, y = _simulate(truth, rng, 3000, 8)
-    est = MixtureCCMCEstimator(max_distance=6, warm_start=True, tol=1e-9).fit(X, y)
+    # SQUAREM, which reaches a tight tol in fewer iterations than the default.
+    est = MixtureCCMCEstimator(max_distance=6, warm_start=True, tol=1e-9,
+                               acceleration="squarem").fit(X, y)
     assert est.position_bias_.size == 7
     # Prompts of 3 tokens: distances 0 to 2.  The previous bias is cut there (its entries
     # beyond would change predictions on longer prompts), and the fit ends where a cold one
@@ -560,7 +571,7 @@ def test_warm_start_on_shorter_prompts_cuts_the_bias():
     # they trade off, so a loose tol stops them early, at different points).
     Xs = X[:, -3:]
     est.fit(Xs, y)
-    cold = MixtureCCMCEstimator(max_distance=6, tol=1e-9).fit(Xs, y)
+    cold = MixtureCCMCEstimator(max_distance=6, tol=1e-9, acceleration="squarem").fit(Xs, y)
     assert est.position_bias_.size == 3
     np.testing.assert_allclose(est.position_bias_, cold.position_bias_, atol=0.02)
     assert est.objective_trace_[-1] == pytest.approx(cold.objective_trace_[-1], rel=1e-8)
