@@ -340,9 +340,9 @@ def _equal_mixtures(ref, est, rtol=1e-10):
     pairs in the same order (bitwise equal); only the sums over column blocks (objective,
     SQUAREM norms, shared copy weight) are rounded differently, by ~1e-16 relative, which the
     SQUAREM step sizes and the shared weight carry into the parameters at ~1e-14.  1e-10
-    leaves room for that and for nothing else: a pair in the wrong block or a missing one changes the fit at 1e-4 or
-    more.  Logits, copy weights and probabilities are O(1) and can be 0, so the same 1e-10
-    is also their absolute tolerance."""
+    leaves room for that and for nothing else: a pair in the wrong block or a missing one
+    changes the fit at 1e-4 or more.  Logits, copy weights and probabilities are O(1) and can
+    be 0, so the same 1e-10 is also their absolute tolerance."""
     assert sorted(vars(est)) == sorted(vars(ref))
     assert est.n_iter_ == ref.n_iter_
     np.testing.assert_allclose(est.objective_trace_, ref.objective_trace_, rtol=rtol, atol=0)
