@@ -745,6 +745,33 @@ def distance_sums(cols, flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, o
                     k += 1
 
 
+@njit(cache=True, nogil=True)
+def bias_value(A, y_ptr, y_bucket, y_val, weight, e, grad):
+    """The weighted copy log-likelihood ``sum_p w_p (log(Y_p . e) - log(A_p . e))`` from the
+    attention by distance bucket of :func:`distance_sums` (``Y_p`` its positions holding
+    the output), and in ``grad`` its gradient in ``e``: one pass over ``A``, the largest
+    array of a bias step."""
+    for d in range(grad.size):
+        grad[d] = 0.0
+    f = 0.0
+    for p in range(A.shape[0]):
+        s_a = 0.0
+        for d in range(A.shape[1]):
+            s_a += A[p, d] * e[d]
+        s_y = 0.0
+        for k in range(y_ptr[p], y_ptr[p + 1]):
+            s_y += y_val[k] * e[y_bucket[k]]
+        w = weight[p]
+        f += w * (np.log(s_y) - np.log(s_a))
+        t = w / s_a
+        for d in range(A.shape[1]):
+            grad[d] -= A[p, d] * t
+        t = w / s_y
+        for k in range(y_ptr[p], y_ptr[p + 1]):
+            grad[y_bucket[k]] += y_val[k] * t
+    return f
+
+
 @njit(cache=True)
 def generate_positional(block, b, context, window, u, out):
     """Generation from a CCMC with a relative position bias ``b`` (``b[-1]`` for all larger

@@ -1088,8 +1088,7 @@ class _EMBlock:
         run_threads(_kernels.distance_sums, self.chunks, flat, indptr, pb.rows, pb.col_ptr,
                     pb.id_ptr, pb.id_tokens, params.theta, self.y, -1 if unk is None else unk,
                     A, y_ptr, y_bucket, y_val)
-        y_row = np.repeat(np.arange(n_y.size), n_y)
-        return _BiasData(A, y_row, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
+        return _BiasData(A, y_ptr, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
 
     # ------------------------------------------------------------------ set-up
     def support(self):
@@ -1331,11 +1330,11 @@ class _EMBlock:
 class _BiasData:
     """A block's copy likelihood as a function of the bias alone (logits and
     responsibilities fixed): attention by distance bucket of every laid-out prompt, ``A``
-    (dense) and at the positions holding its output (``y_row``, ``y_bucket``, ``y_val``),
+    (dense) and at the positions holding its output (``y_ptr``, ``y_bucket``, ``y_val``),
     with the prompts' weights ``w r``.  See ``_kernels.distance_sums``."""
 
     A: np.ndarray
-    y_row: np.ndarray
+    y_ptr: np.ndarray
     y_bucket: np.ndarray
     y_val: np.ndarray
     weight: np.ndarray
@@ -1360,14 +1359,10 @@ def _bias_value(data, bias):
     the block's prompts."""
     used = bias[: data.A.shape[1]]
     e = np.exp(used - used.max())
-    c = data.weight
-    a_e = data.A @ e
-    y_e = np.bincount(data.y_row, weights=data.y_val * e[data.y_bucket], minlength=c.size)
-    f = float(c @ (np.log(y_e) - np.log(a_e)))
-    g_y = np.bincount(data.y_bucket, weights=(c / y_e)[data.y_row] * data.y_val,
-                      minlength=e.size)
+    g = np.empty(e.size)
+    f = _kernels.bias_value(data.A, data.y_ptr, data.y_bucket, data.y_val, data.weight, e, g)
     grad = np.zeros(bias.size)
-    grad[: e.size] = (g_y - data.A.T @ (c / a_e)) * e
+    grad[: e.size] = g * e
     return f, grad
 
 
