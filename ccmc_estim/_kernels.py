@@ -386,14 +386,21 @@ def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
 
 
 @njit(cache=True, nogil=True)
+def prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, normalise):
+    """``-log C(y)`` of the prompt of entries ``s0:s1`` whose output is entry ``yj``, from
+    :func:`prompt_log_norm` (``prob`` as there)."""
+    lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise)
+    return lse - theta[local[yj]] - np.log(count[yj])
+
+
+@njit(cache=True, nogil=True)
 def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nll):
-    """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter);
-    unless ``nll`` is empty, every prompt's unweighted NLL in it; with either, the entry
-    probabilities in ``prob`` (otherwise ``prob`` is scratch space).  Probabilities and NLLs
-    do not depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at
-    other weights from them, to the last bit."""
+    """Weighted NLL of one column; when ``grad`` is not empty, the gradient (per parameter)
+    and the entry probabilities in ``prob`` (otherwise ``prob`` is scratch space); unless
+    ``nll`` is empty, every prompt's unweighted NLL in it.  Probabilities and NLLs do not
+    depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at other
+    weights from them, to the last bit."""
     with_grad = grad.size > 0
-    normalise = with_grad or nll.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0
     e = np.empty(theta.size)
@@ -404,8 +411,7 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
         s1 = indptr[i + 1]
         yj = y_entry[i]
         w = weight[i]
-        lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise)
-        v = lse - theta[local[yj]] - np.log(count[yj])
+        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, with_grad)
         if nll.size > 0:
             nll[i] = v
         f += w * v
@@ -499,17 +505,47 @@ def column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob, gra
         grad[k] = 0.0
     f = 0.0
     for i in range(indptr.size - 1):
-        a = -nll[i]
-        t = log_odds[i]
-        hi = a if a > t else t
-        lse = hi + np.log(np.exp(a - hi) + np.exp(t - hi))
-        rho = np.exp(a - lse)
-        w = weight[i]
-        f -= w * lse
-        w_rho[i] = w * rho
-        w_var[i] = w * rho * np.exp(t - lse)
-        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], w * rho)
+        f += _mixture_prompt(i, nll[i], log_odds, weight, w_rho, w_var)
+        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], w_rho[i])
     return f
+
+
+@njit(cache=True, nogil=True)
+def column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob,
+                            nll, w_rho, w_var):
+    """:func:`column_mixture_grad` at the logits ``theta``, in one pass over the prompts: the
+    entry probabilities into ``prob`` and the prompts' CCMC NLLs into ``nll`` as well (each
+    prompt's gradient is added while its entries are in cache)."""
+    for k in range(grad.size):
+        grad[k] = 0.0
+    e = np.empty(theta.size)
+    m = column_exp(theta, e)
+    f = 0.0
+    for i in range(indptr.size - 1):
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        yj = y_entry[i]
+        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, True)
+        nll[i] = v
+        f += _mixture_prompt(i, v, log_odds, weight, w_rho, w_var)
+        _add_prompt_grad(grad, local, prob, s0, s1, yj, w_rho[i])
+    return f
+
+
+@njit(cache=True, nogil=True)
+def _mixture_prompt(i, nll, log_odds, weight, w_rho, w_var):
+    """Prompt ``i``'s mixture loss ``-w log(C + exp(t))`` from its CCMC NLL ``-log C`` (in log
+    space: no overflow for odds up to ``exp(+-700)``); records ``w rho`` and
+    ``w rho (1 - rho)``."""
+    a = -nll
+    t = log_odds[i]
+    hi = a if a > t else t
+    lse = hi + np.log(np.exp(a - hi) + np.exp(t - hi))
+    rho = np.exp(a - lse)
+    w = weight[i]
+    w_rho[i] = w * rho
+    w_var[i] = w * rho * np.exp(t - lse)
+    return -w * lse
 
 
 @njit(**_NOGIL)
@@ -745,33 +781,6 @@ def distance_sums(cols, flat, indptr, rows, col_ptr, id_ptr, id_tokens, theta, o
                     k += 1
 
 
-@njit(cache=True, nogil=True)
-def bias_value(A, y_ptr, y_bucket, y_val, weight, e, grad):
-    """The weighted copy log-likelihood ``sum_p w_p (log(Y_p . e) - log(A_p . e))`` from the
-    attention by distance bucket of :func:`distance_sums` (``Y_p`` its positions holding
-    the output), and in ``grad`` its gradient in ``e``: one pass over ``A``, the largest
-    array of a bias step."""
-    for d in range(grad.size):
-        grad[d] = 0.0
-    f = 0.0
-    for p in range(A.shape[0]):
-        s_a = 0.0
-        for d in range(A.shape[1]):
-            s_a += A[p, d] * e[d]
-        s_y = 0.0
-        for k in range(y_ptr[p], y_ptr[p + 1]):
-            s_y += y_val[k] * e[y_bucket[k]]
-        w = weight[p]
-        f += w * (np.log(s_y) - np.log(s_a))
-        t = w / s_a
-        for d in range(A.shape[1]):
-            grad[d] -= A[p, d] * t
-        t = w / s_y
-        for k in range(y_ptr[p], y_ptr[p + 1]):
-            grad[y_bucket[k]] += y_val[k] * t
-    return f
-
-
 @njit(cache=True)
 def generate_positional(block, b, context, window, u, out):
     """Generation from a CCMC with a relative position bias ``b`` (``b[-1]`` for all larger
@@ -931,12 +940,12 @@ def layout_output_proba(cols, lay, theta, out, proba_out, nll_out):
         count = lay.count[e0:e1]
         prob = proba_out[e0:e1] if keep else np.empty(local.size)
         for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
-            lse = prompt_log_norm(theta_q, e, m, local, count, lay.indptr[r] - e0,
-                                  lay.indptr[r + 1] - e0, prob, True)
             yj = lay.y_entry[r] - e0
+            v = prompt_nll(theta_q, e, m, local, count, lay.indptr[r] - e0,
+                           lay.indptr[r + 1] - e0, yj, prob, True)
             out[r] = prob[yj]
             if keep:
-                nll_out[r] = lse - theta_q[local[yj]] - np.log(count[yj])
+                nll_out[r] = v
 
 
 @njit(cache=True, nogil=True)
@@ -979,34 +988,67 @@ def mixture_sums(ql, key_of, w, r, wr, c):
         c[key_of[i]] += w[i] * (1.0 - r[i])
 
 
+#: The range of a copy weight (``log(1 - lam)`` and ``log(lam)`` finite).
+LAM_MIN, LAM_MAX = 1e-300, 1.0 - 1e-16
+
+
 @njit(cache=True, nogil=True)
-def mixture_em_step(act_ptr, act_key, act_w, act_copy, act_prior, key_col, beta, lam, c, c_fixed,
-                    wr, c_new):
-    """One EM step of the copy-and-generate mixture for its copy weights and base chain at
-    fixed copy probabilities: the posterior copy probability of every pair that may be
-    copied, at the copy weights ``lam`` and the base chain's expected counts ``c`` (per key,
-    in the columns ``key_col``), summed into ``wr`` (per column, ``sum w r``) and ``c_new =
-    c_fixed + sum w (1 - r)`` (per key).  The pairs that may be copied are grouped by column
-    (``act_ptr``), each with its key, weight, copy probability and ``beta_q u_y``; the
-    others are always generated, their weight in ``c_fixed``."""
-    nq = lam.size
-    total = np.zeros(nq)
-    for k in range(c.size):
-        total[key_col[k]] += c[k]
-    for k in range(c.size):
-        c_new[k] = c_fixed[k]
-    for q in range(nq):
-        lq = lam[q]
-        scale = (1.0 - lq) / (total[q] + beta[q])
-        s = 0.0
-        for i in range(act_ptr[q], act_ptr[q + 1]):
-            k = act_key[i]
-            cp = lq * act_copy[i]
-            p = cp + (c[k] + act_prior[i]) * scale
-            r = cp / p if p > 0.0 else 0.0
-            s += act_w[i] * r
-            c_new[k] += act_w[i] * (1.0 - r)
-        wr[q] = s
+def copy_weight(wr, n, a, b):
+    """The copy weight's M-step ``(wr + a) / (n + a + b)``, the Beta posterior mode; 1/2 where
+    neither data nor prior say anything (``n + a + b = 0``), as the default prior gives there;
+    kept inside ``[LAM_MIN, LAM_MAX]`` (with ``a = b = 0`` it can reach 0 or 1)."""
+    den = n + a + b
+    lam = (wr + a) / den if den > 0.0 else 0.5
+    return min(max(lam, LAM_MIN), LAM_MAX)
+
+
+@njit(cache=True, nogil=True)
+def copy_weights(wr, n, a, b, out):
+    """:func:`copy_weight` of every column."""
+    for q in range(out.size):
+        out[q] = copy_weight(wr[q], n[q], a, b)
+
+
+@njit(cache=True, nogil=True)
+def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, prior, beta,
+                     n_per_query, a, b, shared, lam, c, c_fixed, wr):
+    """``n_steps`` EM steps of the copy-and-generate mixture for its copy weights ``lam`` and
+    base chain at fixed copy probabilities, in the columns ``cols``, each column's steps
+    together (its data stay in cache).  Column ``q`` holds the base chain's keys
+    ``key_ptr[q]:key_ptr[q + 1]``; key ``k`` the pairs ``pair_ptr[k]:pair_ptr[k + 1]`` that
+    may be copied (weight ``pair_w``, copy probability ``pair_copy``), its prior mass
+    ``prior[k] = beta_q u_y`` and the weight ``c_fixed[k]`` of its pairs that cannot be
+    copied.  A step takes every such pair's posterior copy probability ``r`` at ``lam`` and
+    the expected counts ``c``, then sets ``wr[q] = sum w r``, ``c[k] = c_fixed[k] + sum w
+    (1 - r)`` and, unless ``shared`` (the driver's), ``lam[q] = copy_weight(wr[q],
+    n_per_query[q], a, b)``, all in place.  Columns do not interact: any split of them gives
+    the same numbers."""
+    for q in cols:
+        k0 = key_ptr[q]
+        k1 = key_ptr[q + 1]
+        c_new = np.empty(k1 - k0)
+        for _ in range(n_steps):
+            total = 0.0
+            for k in range(k0, k1):
+                total += c[k]
+            lq = lam[q]
+            scale = (1.0 - lq) / (total + beta[q])
+            s = 0.0
+            for k in range(k0, k1):
+                base = (c[k] + prior[k]) * scale  # the same for all the key's pairs
+                g = c_fixed[k]
+                for i in range(pair_ptr[k], pair_ptr[k + 1]):
+                    cp = lq * pair_copy[i]
+                    p = cp + base
+                    r = cp / p if p > 0.0 else 0.0
+                    s += pair_w[i] * r
+                    g += pair_w[i] * (1.0 - r)
+                c_new[k - k0] = g
+            wr[q] = s
+            for k in range(k0, k1):
+                c[k] = c_new[k - k0]
+            if not shared:
+                lam[q] = copy_weight(s, n_per_query[q], a, b)
 
 
 @njit(cache=True)

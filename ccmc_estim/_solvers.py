@@ -26,6 +26,7 @@ from ._kernels import (
     column_hessp,
     column_mixture_grad,
     column_mixture_hessp,
+    column_mixture_nll_grad,
     column_nll_grad,
     column_nll_grad_from,
 )
@@ -281,7 +282,6 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
     n_mix = most_prompts if mixture else 0
     w_rho_buf, w_var_buf = np.empty(n_mix), np.empty(n_mix)
     w_rho_t_buf, w_var_t_buf = np.empty(n_mix), np.empty(n_mix)
-    no_grad = np.empty(0)  # the mixture's gradient comes from column_mixture_grad
     for q in cols:
         a = col_ptr[q]
         b = col_ptr[q + 1]
@@ -324,19 +324,20 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         gtol = tol * scale
         f = 0.0
         if prob_in.size > 0:  # the probabilities at theta_q are known: the same numbers
+            for r in range(nll.size):
+                nll[r] = nll_in[a + r]
             if mixture:
                 for j in range(e1 - e0):
                     prob[j] = prob_in[e0 + j]
+                f = column_mixture_grad(nll, lo, ip, local, y, w, prob, grad, w_rho, w_var)
             else:
                 f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad,
                                          prob)
-            for r in range(nll.size):
-                nll[r] = nll_in[a + r]
+        elif mixture:
+            f = column_mixture_nll_grad(theta_q, ip, local, count, y, w, lo, grad, prob, nll,
+                                        w_rho, w_var)
         else:
-            f = column_nll_grad(theta_q, ip, local, count, y, w, no_grad if mixture else grad,
-                                prob, nll)
-        if mixture:
-            f = column_mixture_grad(nll, lo, ip, local, y, w, prob, grad, w_rho, w_var)
+            f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob, nll)
         for k in range(n):
             grad[k] += alpha * theta_q[k]
         f += 0.5 * alpha * _dot(theta_q, theta_q)
@@ -368,11 +369,11 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             while True:
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
-                ft = column_nll_grad(trial, ip, local, count, y, w,
-                                     no_grad if mixture else grad_t, prob_t, nll_t)
                 if mixture:
-                    ft = column_mixture_grad(nll_t, lo, ip, local, y, w, prob_t, grad_t,
-                                             w_rho_t, w_var_t)
+                    ft = column_mixture_nll_grad(trial, ip, local, count, y, w, lo, grad_t,
+                                                 prob_t, nll_t, w_rho_t, w_var_t)
+                else:
+                    ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t, nll_t)
                 for k in range(n):
                     grad_t[k] += alpha * trial[k]
                 ft += 0.5 * alpha * _dot(trial, trial)

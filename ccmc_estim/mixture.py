@@ -941,17 +941,18 @@ def _sizeof(obj, *more):
 
 
 def _copy_weight(wr, n, a, b):
-    """The copy weight's M-step ``(wr + a) / (n + a + b)``, the Beta posterior mode; 1/2 where
-    neither data nor prior say anything (no copyable pair and ``a = b = 0``), as the default
-    prior gives there."""
-    num, den = np.broadcast_arrays(np.asarray(wr + a, np.float64), np.asarray(n + a + b,
-                                                                             np.float64))
-    lam = np.divide(num, den, out=np.full(den.shape, 0.5), where=den > 0)
-    return _clip_lam(lam)
+    """The copy weights' M-step (``_kernels.copy_weight``) of the columns' ``wr`` and ``n``
+    (arrays, or scalars for a shared weight: an array of one)."""
+    wr, n = np.broadcast_arrays(np.atleast_1d(np.asarray(wr, np.float64)),
+                                np.atleast_1d(np.asarray(n, np.float64)))
+    lam = np.empty(wr.shape)
+    _kernels.copy_weights(np.ascontiguousarray(wr), np.ascontiguousarray(n), float(a), float(b),
+                          lam)
+    return lam
 
 
 def _clip_lam(lam):
-    return np.clip(lam, 1e-300, 1.0 - 1e-16)  # keeps log(1 - lam) finite with a = b = 0
+    return np.clip(lam, _kernels.LAM_MIN, _kernels.LAM_MAX)
 
 
 def _quiet(quiet):
@@ -1013,15 +1014,23 @@ class _EMBlock:
         self.keys, self.key_of, self.beta = _bigram_keys(q, y, K, config.smoothing, self.q0,
                                                          self.q1)
         self.key_col = self.keys // K - self.q0
-        # The inner steps visit the pairs that may be copied (the covered ones, which the
-        # layout holds by column) and take the others' weight as generated (c_fixed).
-        self.row_ptr = problem.col_ptr[self.q0 : self.q1 + 1] - problem.col_ptr[self.q0]
-        self.key_rows = self.key_of[self.rows]
+        # The inner steps visit the pairs that may be copied (the covered ones), grouped by
+        # base-chain key (hence by column), and take the others' weight as generated.
+        key_rows = self.key_of[self.rows]
+        self.rows_by_key = self.rows[np.argsort(key_rows, kind="stable")]
+        self.w_by_key = w[self.rows_by_key]
+        self.pair_ptr = np.zeros(self.keys.size + 1, np.int64)
+        np.cumsum(np.bincount(key_rows, minlength=self.keys.size), out=self.pair_ptr[1:])
         self.c_fixed = np.bincount(self.key_of[~covered], weights=w[~covered],
                                    minlength=self.keys.size)
+        key_count = np.bincount(self.key_col, minlength=self.nq)
+        self.key_ptr = np.zeros(self.nq + 1, np.int64)
+        np.cumsum(key_count, out=self.key_ptr[1:])
+        work = np.diff(self.pair_ptr[self.key_ptr]) + key_count + 1.0
+        self.inner_chunks = balanced_chunks(np.arange(self.nq), work, self.n_jobs)
         self.n_per_query = np.bincount(self.ql, weights=w * copyable, minlength=self.nq)
         # Set by with_unigram once the driver has combined the blocks' continuation counts.
-        self.u_y = self.u_key = self.sum_u_log_u = self.prior_rows = None
+        self.u_y = self.u_key = self.sum_u_log_u = self.prior_key = None
         # (theta, EntryProba): the entry probabilities at the copy logits last evaluated,
         # theta being that very array (matched by identity), from which the next M-step at
         # theta starts.  A cache, not state: every result is the same without it (a copy of
@@ -1088,7 +1097,8 @@ class _EMBlock:
         run_threads(_kernels.distance_sums, self.chunks, flat, indptr, pb.rows, pb.col_ptr,
                     pb.id_ptr, pb.id_tokens, params.theta, self.y, -1 if unk is None else unk,
                     A, y_ptr, y_bucket, y_val)
-        return _BiasData(A, y_ptr, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
+        y_row = np.repeat(np.arange(n_y.size), n_y)
+        return _BiasData(A, y_row, y_bucket, y_val, self.w_rows * evaluation.r[pb.rows])
 
     # ------------------------------------------------------------------ set-up
     def support(self):
@@ -1102,7 +1112,7 @@ class _EMBlock:
         new = copy.copy(self)
         new.u_y = unigram[self.y]
         new.u_key = unigram[self.keys % self.K]
-        new.prior_rows = self.beta[self.ql[self.rows]] * new.u_y[self.rows]  # beta_q u_y
+        new.prior_key = self.beta[self.key_col] * new.u_key  # beta_q u_y
         new.sum_u_log_u = sum_u_log_u
         return new
 
@@ -1181,15 +1191,11 @@ class _EMBlock:
         lam = params.lam if cfg.shared else _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
         if n_steps == 0:
             return lam, c
-        copy_rows = evaluation.copy_p[self.rows]
-        c_new = np.empty_like(c)
-        for _ in range(n_steps):
-            _kernels.mixture_em_step(self.row_ptr, self.key_rows, self.w_rows, copy_rows,
-                                     self.prior_rows, self.key_col, self.beta, lam, c,
-                                     self.c_fixed, wr, c_new)
-            c, c_new = c_new, c
-            if not cfg.shared:
-                lam = _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
+        lam = lam.copy()
+        run_threads(_kernels.mixture_em_steps, self.inner_chunks, n_steps, self.key_ptr,
+                    self.pair_ptr, self.w_by_key, evaluation.copy_p[self.rows_by_key],
+                    self.prior_key, self.beta, self.n_per_query, float(cfg.a), float(cfg.b),
+                    cfg.shared, lam, c, self.c_fixed, wr)
         return lam, c
 
     # ------------------------------------------------------------------ EM steps
@@ -1330,11 +1336,11 @@ class _EMBlock:
 class _BiasData:
     """A block's copy likelihood as a function of the bias alone (logits and
     responsibilities fixed): attention by distance bucket of every laid-out prompt, ``A``
-    (dense) and at the positions holding its output (``y_ptr``, ``y_bucket``, ``y_val``),
+    (dense) and at the positions holding its output (``y_row``, ``y_bucket``, ``y_val``),
     with the prompts' weights ``w r``.  See ``_kernels.distance_sums``."""
 
     A: np.ndarray
-    y_ptr: np.ndarray
+    y_row: np.ndarray
     y_bucket: np.ndarray
     y_val: np.ndarray
     weight: np.ndarray
@@ -1359,10 +1365,14 @@ def _bias_value(data, bias):
     the block's prompts."""
     used = bias[: data.A.shape[1]]
     e = np.exp(used - used.max())
-    g = np.empty(e.size)
-    f = _kernels.bias_value(data.A, data.y_ptr, data.y_bucket, data.y_val, data.weight, e, g)
+    c = data.weight
+    a_e = data.A @ e
+    y_e = np.bincount(data.y_row, weights=data.y_val * e[data.y_bucket], minlength=c.size)
+    f = float(c @ (np.log(y_e) - np.log(a_e)))
+    g_y = np.bincount(data.y_bucket, weights=(c / y_e)[data.y_row] * data.y_val,
+                      minlength=e.size)
     grad = np.zeros(bias.size)
-    grad[: e.size] = g * e
+    grad[: e.size] = (g_y - data.A.T @ (c / a_e)) * e
     return f, grad
 
 
@@ -1468,7 +1478,7 @@ class _EM:
         cfg = self.config
         if cfg.shared:
             wr = _sum(self.run.values(self.run.map(_wr, params)))
-            lam = float(_copy_weight(wr, self.n_copyable, cfg.a, cfg.b))
+            lam = float(_copy_weight(wr, self.n_copyable, cfg.a, cfg.b)[0])
             params = self.run.map(_EMBlock.with_lam, self.blocks, params, lam)
         return _Point(params)
 

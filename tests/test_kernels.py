@@ -151,14 +151,19 @@ def _mixture_loss_reference(theta, prompts, outputs, weight, cd, log_odds):
 
 
 def _mixture_eval(theta, args, log_odds):
+    """The mixture's loss by :func:`column_mixture_nll_grad`, checked against the same from
+    kept probabilities (:func:`column_mixture_grad`), which must give the same bits."""
     indptr, local, count, y_entry, weight = args
     n_prompts = indptr.size - 1
     prob, nll = np.empty(local.size), np.empty(n_prompts)
-    _kernels.column_nll_grad(theta, indptr, local, count, y_entry, weight, np.empty(0), prob,
-                             nll)
     grad, w_rho, w_var = np.empty_like(theta), np.empty(n_prompts), np.empty(n_prompts)
-    f = _kernels.column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob, grad,
-                                     w_rho, w_var)
+    f = _kernels.column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_odds,
+                                         grad, prob, nll, w_rho, w_var)
+    kept = [np.empty_like(grad), np.empty(n_prompts), np.empty(n_prompts)]
+    assert f == _kernels.column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob,
+                                             *kept)
+    for x, y in zip((grad, w_rho, w_var), kept, strict=True):
+        np.testing.assert_array_equal(x, y)
     return f, grad, prob, w_rho, w_var
 
 
@@ -203,9 +208,10 @@ def test_mixture_loss_gradient_and_hvp_against_brute_force_and_finite_difference
             assert np.isfinite(f) and np.isfinite(grad).all()
 
 
-def test_mixture_em_step_against_numpy(rng):
-    """One EM step for the copy weights and the base chain at fixed copy probabilities: the
-    posterior copy probability of each pair and the expected counts, by plain numpy."""
+def test_mixture_em_steps_against_numpy(rng):
+    """EM steps for the copy weights and the base chain at fixed copy probabilities: the
+    posterior copy probability of each pair, the expected counts and the copy weights'
+    closed form, by plain numpy."""
     nq, n_keys, n = 5, 12, 300
     key_col = np.sort(rng.integers(0, nq, n_keys))
     key = rng.integers(0, n_keys, n)
@@ -214,25 +220,48 @@ def test_mixture_em_step_against_numpy(rng):
     copy[:3] = 1e-320  # copyable in principle, underflowed
     w = rng.uniform(0.1, 2.0, n)
     beta = rng.uniform(0.5, 3.0, nq)
-    u = rng.uniform(0.01, 0.2, n)  # the unigram probability of each pair's output
-    lam = rng.uniform(0.05, 0.95, nq)
-    c = rng.uniform(0, 5, n_keys)
-    total = np.bincount(key_col, weights=c, minlength=nq)
-    cp = lam[q] * copy
-    base = (1 - lam[q]) * (c[key] + beta[q] * u) / (total[q] + beta[q])
-    r = cp / (cp + base)
-    wr_ref = np.bincount(q, weights=w * r, minlength=nq)
-    c_ref = np.bincount(key, weights=w * (1 - r), minlength=n_keys)
+    u_key = rng.uniform(0.01, 0.2, n_keys)  # the unigram probability of each key's output
+    u = u_key[key]
+    n_q = np.bincount(q, weights=w, minlength=nq) + np.array([0, 0, 1.5, 0, 0])
+    a, b = 1.0, 2.0
+    lam0 = rng.uniform(0.05, 0.95, nq)
+    c0 = rng.uniform(0, 5, n_keys)
+
+    def numpy_steps(n_steps, shared):
+        lam, c = lam0.copy(), c0.copy()
+        for _ in range(n_steps):
+            total = np.bincount(key_col, weights=c, minlength=nq)
+            cp = lam[q] * copy
+            base = (1 - lam[q]) * (c[key] + beta[q] * u) / (total[q] + beta[q])
+            r = cp / (cp + base)
+            wr = np.bincount(q, weights=w * r, minlength=nq)
+            c = np.bincount(key, weights=w * (1 - r), minlength=n_keys)
+            if not shared:
+                lam = (wr + a) / (n_q + a + b)
+        return lam, c, wr
+
     act = np.flatnonzero(copy > 0)
-    act = act[np.argsort(q[act], kind="stable")]
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(q[act], minlength=nq))])
+    act = act[np.argsort(key[act], kind="stable")]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(key[act], minlength=n_keys))])
     fixed = np.setdiff1d(np.arange(n), act)
     c_fixed = np.bincount(key[fixed], weights=w[fixed], minlength=n_keys)
-    wr, c_new = np.empty(nq), np.empty(n_keys)
-    _kernels.mixture_em_step(ptr, key[act], w[act], copy[act], (beta[q] * u)[act], key_col,
-                             beta, lam, c, c_fixed, wr, c_new)
-    np.testing.assert_allclose(wr, wr_ref, rtol=1e-12)
-    np.testing.assert_allclose(c_new, c_ref, rtol=1e-12)
+    key_ptr = np.concatenate([[0], np.cumsum(np.bincount(key_col, minlength=nq))])
+    for n_steps, shared in ((1, True), (4, False), (4, True)):
+        lam_ref, c_ref, wr_ref = numpy_steps(n_steps, shared)
+        results = []
+        for split in ([np.arange(nq)], [np.arange(1, nq, 2), np.arange(0, nq, 2)]):
+            lam, c, wr = lam0.copy(), c0.copy(), np.full(nq, np.nan)
+            for cols in split:
+                _kernels.mixture_em_steps(cols, n_steps, key_ptr, ptr, w[act], copy[act],
+                                          beta[key_col] * u_key, beta, n_q, a, b, shared, lam,
+                                          c, c_fixed, wr)
+            np.testing.assert_allclose(wr, wr_ref, rtol=1e-12)
+            np.testing.assert_allclose(c, c_ref, rtol=1e-12)
+            np.testing.assert_allclose(lam, lam_ref, rtol=1e-12)
+            results.append((lam, c, wr))
+        # Columns do not interact: the threads' split of them changes no bit.
+        for x, y in zip(*results, strict=True):
+            np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("solver", ["newton-cg", "newton"])
