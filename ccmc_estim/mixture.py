@@ -1238,11 +1238,10 @@ class _EMBlock:
         counts ``c``.  A shared copy weight then takes its EM step at the new logits (the
         driver's, from the blocks' ``wr``)."""
         cfg = self.config
-        rows = self.rows
-        q = self.ql[rows]
+        q = self.ql[self.rows]
+        key = self.key_of[self.rows]
         col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
-        base = ((c[self.key_of[rows]] + self.beta[q] * self.u_y[rows])
-                / (col_total[q] + self.beta[q]))
+        base = (c[key] + self.prior_key[key]) / (col_total[q] + self.beta[q])  # B[y, q]
         with np.errstate(divide="ignore"):
             log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
         weighted = replace(self.problem, weight=self.w_rows)
