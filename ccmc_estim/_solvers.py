@@ -583,6 +583,12 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     settings = (float(alpha), float(tol), int(max_iter), bool(cold_start))
     out = (objective, n_iter, status)
     out_proba = np.full(cd.col_ptr[-1] if output_proba else 0, np.nan)  # NaN: not solved
+    if log_odds is not None:
+        # Compiled code does not check bounds; the information computed after a solve is the
+        # CCMC's, not the mixture's.
+        if np.shape(log_odds) != (cd.col_ptr[-1],) or info_max >= 0:
+            raise ValueError("log_odds needs one value per layout prompt and info_max < 0.")
+        log_odds = np.ascontiguousarray(log_odds, dtype=np.float64)
     if start_proba is not None and cold_start:
         raise ValueError("start_proba holds the probabilities at theta, which a cold start "
                          "does not use.")

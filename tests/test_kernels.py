@@ -291,3 +291,9 @@ def test_mixture_solve_reaches_the_minimum_of_a_generic_optimiser(rng, solver):
     # Newton's quadratic convergence with the exact Hessian; linear with EM's part of it.
     assert sol.status[0] == CONVERGED
     assert sol.n_iter[0] <= (12 if solver == "newton-cg" else 60)
+    # Compiled code does not check bounds: a wrong size is refused, as is the CCMC's
+    # information, which is not the mixture's.
+    for bad, info_max in ((log_odds[:-1], -1), (log_odds, 0)):
+        with pytest.raises(ValueError, match="log_odds"):
+            solve_columns(cd, theta0.copy(), alpha=alpha, tol=1e-8, max_iter=5, solver=solver,
+                          n_jobs=1, info_max=info_max, log_odds=bad)
