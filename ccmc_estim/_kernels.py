@@ -539,10 +539,14 @@ def _mixture_prompt(i, nll, log_odds, weight, w_rho, w_var):
     ``w rho (1 - rho)``."""
     a = -nll
     t = log_odds[i]
+    w = weight[i]
+    if t == -np.inf:  # never generated: the CCMC's own loss (EM's M-step), to the last bit
+        w_rho[i] = w
+        w_var[i] = 0.0
+        return w * nll
     hi = a if a > t else t
     lse = hi + np.log(np.exp(a - hi) + np.exp(t - hi))
     rho = np.exp(a - lse)
-    w = weight[i]
     w_rho[i] = w * rho
     w_var[i] = w * rho * np.exp(t - lse)
     return -w * lse

@@ -121,12 +121,12 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
 
 
 @njit(cache=True, nogil=True)
-def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var):
+def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var, mode):
     """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance or at a direction
-    of non-positive curvature.  With ``w_var`` (not empty), ``H`` is the mixture's Hessian of
+    of non-positive curvature.  With a 1-D ``mode`` (the mixture's log-odds, see
+    :func:`_solve_columns`), ``H`` is the mixture's Hessian of
     :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho``; the CCMC
     Hessian at those weights, positive definite, preconditions it."""
-    mixture = w_var.size > 0
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)
@@ -148,7 +148,7 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_va
     rz = _dot(r, z)
     hp = np.empty(n)
     for _ in range(min(n, 250)):
-        if mixture:
+        if mode.ndim == 1:  # a constant when compiled (see _solve_columns)
             column_mixture_hessp(p, indptr, local, y_entry, weight, w_var, prob, hp)
         else:
             column_hessp(p, indptr, local, weight, prob, hp)
@@ -228,6 +228,9 @@ def _count_start(indptr, local, count, y_entry, weight, unit, theta, chosen, off
 #: Values of ``kind`` (see :func:`_solve_columns`).
 NEWTON, NEWTON_CG = np.empty((0, 0)), np.empty(0)
 
+#: ``log_odds`` of the CCMC's own problem (see :func:`_solve_columns`).
+PLAIN = np.empty((0, 0))
+
 
 def _solve_chunk(cols, lay, log_odds, theta, use_cg, settings, out, info_offsets, info,
                  info_diag, out_proba, proba):
@@ -275,7 +278,9 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
     for q in cols:
         most_prompts = max(most_prompts, col_ptr[q + 1] - col_ptr[q])
     keep = prob_out.size > 0
-    mixture = log_odds_all.size > 0
+    # The mixture's problem when ``log_odds_all`` is 1-D (:data:`PLAIN`, 2-D, otherwise): a
+    # constant when compiled, as ``kind``, so a CCMC fit never compiles the mixture's code.
+    mixture = log_odds_all.ndim == 1
     n_nll = most_prompts if keep or mixture else 0
     nll_buf = np.empty(n_nll)
     nll_t_buf = np.empty(n_nll)
@@ -310,7 +315,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         prob_t = prob_t_buf[: e1 - e0]
         nll = nll_buf[: b - a if n_nll > 0 else 0]
         nll_t = nll_t_buf[: b - a if n_nll > 0 else 0]
-        lo = log_odds_all[a:b] if mixture else log_odds_all
+        lo = log_odds_all[a:b]
         w_rho = w_rho_buf[: b - a if mixture else 0]
         w_var = w_var_buf[: b - a if mixture else 0]
         w_rho_t = w_rho_t_buf[: b - a if mixture else 0]
@@ -326,14 +331,14 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
         if prob_in.size > 0:  # the probabilities at theta_q are known: the same numbers
             for r in range(nll.size):
                 nll[r] = nll_in[a + r]
-            if mixture:
+            if log_odds_all.ndim == 1:
                 for j in range(e1 - e0):
                     prob[j] = prob_in[e0 + j]
                 f = column_mixture_grad(nll, lo, ip, local, y, w, prob, grad, w_rho, w_var)
             else:
                 f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad,
                                          prob)
-        elif mixture:
+        elif log_odds_all.ndim == 1:
             f = column_mixture_nll_grad(theta_q, ip, local, count, y, w, lo, grad, prob, nll,
                                         w_rho, w_var)
         else:
@@ -354,7 +359,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             # at the weights w rho (EM's), positive definite; CG takes the exact one.
             w_h = w_rho if mixture else w
             if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
-                d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var)
+                d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var, lo)
             else:
                 d = _dense_direction(grad, ip, local, w_h, prob, alpha)
             gd = _dot(grad, d)
@@ -369,7 +374,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             while True:
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
-                if mixture:
+                if log_odds_all.ndim == 1:
                     ft = column_mixture_nll_grad(trial, ip, local, count, y, w, lo, grad_t,
                                                  prob_t, nll_t, w_rho_t, w_var_t)
                 else:
@@ -596,7 +601,7 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     kept = EntryProba(np.empty(cd.indptr[-1]), np.empty(cd.col_ptr[-1])) if keep_proba else None
     proba = ((none, none) if start_proba is None else (start_proba.entry, start_proba.nll)) + (
         (none, none) if kept is None else (kept.entry, kept.nll))
-    args = (cd.layout, none if log_odds is None else log_odds, theta, use_cg, settings, out,
+    args = (cd.layout, PLAIN if log_odds is None else log_odds, theta, use_cg, settings, out,
             info_offsets, info, info_diag, out_proba, proba)
     if chunks is None:
         chunks = balanced_chunks(cols, cost, n_jobs)

@@ -1225,7 +1225,10 @@ class _EMBlock:
         weights (the shared one is the driver's)."""
         cfg = self.config
         weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
-        theta, copy_p = self._newton(weighted, theta, None, cold_start)
+        # The CCMC's loss as the mixture's with outputs never generated (log-odds -inf): one
+        # compiled solver for both steps, so a mixture fit compiles only the one.
+        never = np.full(self.rows.size, -np.inf)
+        theta, copy_p = self._newton(weighted, theta, never, cold_start)
         wr, c = self._sums(r)
         if cfg.shared:
             return _Params(theta, None, c, float(wr.sum()), copy_p)

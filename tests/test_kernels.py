@@ -201,6 +201,11 @@ def test_mixture_loss_gradient_and_hvp_against_brute_force_and_finite_difference
     em = np.empty(n)
     _kernels.column_hessp(v, indptr, local, w_rho, prob, em)
     assert np.abs(em - hess @ v).max() > 1e-3 * np.abs(hv).max()
+    # Odds of 0 (log-odds -inf): the CCMC's own loss and gradient (EM's M-step), bit for bit.
+    f0, g0, *_ = _mixture_eval(theta, args, np.full(indptr.size - 1, -np.inf))
+    g_ref, p_ref = np.empty_like(theta), np.empty(local.size)
+    assert f0 == _kernels.column_nll_grad(theta, *args, g_ref, p_ref, _NO_NLL)
+    np.testing.assert_array_equal(g0, g_ref)
     # No exponent overflows at odds of exp(+-700).
     with np.errstate(over="raise", invalid="raise"):
         for t in (-700.0, 700.0):
