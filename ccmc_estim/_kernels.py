@@ -962,7 +962,7 @@ def mixture_posterior(ql, copyable, lam, copy_p, c, key_of, col_total, beta, u_y
 
     In probability space (both parts are probabilities, at least the base chain's floor, so
     nothing overflows and the sum cannot lose the larger part); the copy probabilities come
-    in computed, since the EM's inner steps reuse them."""
+    in computed (the E-step at a logits step's result has them from that step)."""
     with_log = log_p.size > 0
     for i in range(ql.size):
         q = ql[i]

@@ -126,7 +126,7 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_va
     of non-positive curvature.  With a 1-D ``mode`` (the mixture's log-odds, see
     :func:`_solve_columns`), ``H`` is the mixture's Hessian of
     :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho``; the CCMC
-    Hessian at those weights, positive definite, preconditions it."""
+    Hessian's diagonal at those weights, positive, preconditions it."""
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)

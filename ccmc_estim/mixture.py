@@ -5,10 +5,10 @@ Per query ``q`` the next token is copied from the prompt by the CCMC with probab
 
     P(y | prompt) = lam_q C(y | prompt) + (1 - lam_q) B[y, q].
 
-The fit is a (generalised) EM algorithm whose M-step for the logits is the penalised CCMC fit
-with sample weights, one convex problem per column (see the theory page of the docs).  Its
-E- and M-steps are per query column, so it runs on blocks of columns: one block in memory,
-blocks kept on the workers of a Dask cluster (see ``distributed``), with the same code.
+The fit is an EM algorithm (ECME by default: the logits' Newton steps take the mixture's
+likelihood itself, per column; see the theory page of the docs).  Its steps are per query
+column, so it runs on blocks of columns: one block in memory, blocks kept on the workers of a
+Dask cluster (see ``distributed``), with the same code.
 """
 
 import contextlib
@@ -485,9 +485,10 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         none.
     inner_steps : int, default=50
         EM steps for the copy weights and the base chain at fixed copy logits within every
-        iteration, before the logits' step (a shared copy weight stays fixed in them: it
-        couples every column).  EM couples these with the responsibilities slowly, and each
-        of their steps is one pass over the pairs that can be copied, none over the prompts.
+        iteration, after the one that follows the E-step and before the logits' step (a
+        shared copy weight stays fixed in them: it couples every column).  EM couples these
+        with the responsibilities slowly, and each of their steps is one pass over the pairs
+        that can be copied, none over the prompts.
         0 with ``algorithm="em"`` gives plain EM.
     max_distance : int, default=0
         A learned bias ``b[d]`` per distance ``d = 1..max_distance`` from the end of the prompt
@@ -1183,7 +1184,7 @@ class _EMBlock:
     def refine(self, params, evaluation, n_steps):
         """Copy weights and base-chain counts after ``1 + n_steps`` EM steps for them
         (the copy weights per query; a shared one is the driver's and stays) at the copy
-        logits of ``params``, from its E-step ``evaluation``.  Each step raises the
+        logits of ``params``, from its E-step ``evaluation``.  Each step lowers the
         objective, as an EM step does, and costs a pass over the pairs that can be copied,
         none over the prompts."""
         cfg = self.config
@@ -1247,8 +1248,8 @@ class _EMBlock:
         base = (c[key] + self.prior_key[key]) / (col_total[q] + self.beta[q])  # B[y, q]
         with np.errstate(divide="ignore"):
             log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
-        weighted = replace(self.problem, weight=self.w_rows)
-        theta, copy_p = self._newton(weighted, theta, log_odds, False)
+        # The layout's weights are already w (of the covered pairs): no responsibilities.
+        theta, copy_p = self._newton(self.problem, theta, log_odds, False)
         if cfg.shared:
             r = self._posterior(lam, c, copy_p, np.empty(0))
             return _Params(theta, None, c, float(self.w @ r), copy_p)
@@ -1312,7 +1313,7 @@ class _EMBlock:
         return float(r @ r), float(v @ v)
 
     def extrapolated_step(self, p0, p1, p2, step):
-        """One GEM iteration from SQUAREM's point ``x0 - 2 step r + step^2 v`` of the
+        """One iteration (:meth:`step`) from SQUAREM's point ``x0 - 2 step r + step^2 v`` of the
         block."""
         x0, x1, x2 = _pack(p0), _pack(p1), _pack(p2)
         r = x1 - x0
@@ -1508,7 +1509,7 @@ class _EM:
         return point.objective
 
     def step(self, point):
-        """One GEM iteration: E-step, then partial M-steps (one task per block: the E-step
+        """One iteration (:meth:`_EMBlock.step`; one task per block: the E-step
         of a point whose objective is not needed stays inside it)."""
         return self._with_lam(self.run.map(_EMBlock.step, self.blocks, point.params,
                                            point.evaluation, False))
