@@ -400,6 +400,18 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
     ``nll`` is empty, every prompt's unweighted NLL in it.  Probabilities and NLLs do not
     depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at other
     weights from them, to the last bit."""
+    none = np.empty(0)
+    return _column_pass(theta, indptr, local, count, y_entry, weight, np.empty((0, 0)), grad,
+                        prob, nll, none, none)
+
+
+@njit(cache=True, nogil=True)
+def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob, nll,
+                 w_rho, w_var):
+    """The pass over a column's prompts of :func:`column_nll_grad` (``log_odds`` 2-D) and of
+    :func:`column_mixture_nll_grad` (``log_odds`` 1-D: each prompt's loss and gradient weight
+    are the mixture's).  The type of ``log_odds`` is a constant when compiled: a CCMC never
+    compiles the mixture's branch."""
     with_grad = grad.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0
@@ -410,11 +422,15 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
         s0 = indptr[i]
         s1 = indptr[i + 1]
         yj = y_entry[i]
-        w = weight[i]
         v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, with_grad)
         if nll.size > 0:
             nll[i] = v
-        f += w * v
+        if log_odds.ndim == 1:
+            f += _mixture_prompt(i, v, log_odds, weight, w_rho, w_var)
+            w = w_rho[i]
+        else:
+            w = weight[i]
+            f += w * v
         if with_grad:
             _add_prompt_grad(grad, local, prob, s0, s1, yj, w)
     return f
@@ -478,6 +494,14 @@ def column_hessian(indptr, local, weight, prob, hess):
 @njit(**_NOGIL)
 def column_hessp(v, indptr, local, weight, prob, out):
     """Hessian-vector product of one column from entry probabilities."""
+    _hessp(v, indptr, local, np.empty(0, np.int64), weight, np.empty((0, 0)), prob, out)
+
+
+@njit(**_NOGIL)
+def _hessp(v, indptr, local, y_entry, weight, w_var, prob, out):
+    """The pass of :func:`column_hessp` (``w_var`` 2-D) and of :func:`column_mixture_hessp`
+    (``w_var`` 1-D: minus the mixture's rank-one terms, ``weight`` its ``w rho``).  The type
+    of ``w_var`` is a constant when compiled: a CCMC never compiles the mixture's branch."""
     for k in range(out.size):  # a loop compiles faster than ``out[:] = 0.0``
         out[k] = 0.0
     for i in range(indptr.size - 1):
@@ -487,9 +511,17 @@ def column_hessp(v, indptr, local, weight, prob, out):
         for j in range(s0, s1):
             pv += prob[j] * v[local[j]]
         w = weight[i]
-        for j in range(s0, s1):
-            lj = local[j]
-            out[lj] += w * prob[j] * (v[lj] - pv)
+        if w_var.ndim == 1:
+            ly = local[y_entry[i]]
+            c = w_var[i] * (pv - v[ly])
+            for j in range(s0, s1):
+                lj = local[j]
+                out[lj] += prob[j] * (w * (v[lj] - pv) - c)
+            out[ly] += c
+        else:
+            for j in range(s0, s1):
+                lj = local[j]
+                out[lj] += w * prob[j] * (v[lj] - pv)
 
 
 @njit(cache=True, nogil=True)
@@ -516,20 +548,8 @@ def column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_od
     """:func:`column_mixture_grad` at the logits ``theta``, in one pass over the prompts: the
     entry probabilities into ``prob`` and the prompts' CCMC NLLs into ``nll`` as well (each
     prompt's gradient is added while its entries are in cache)."""
-    for k in range(grad.size):
-        grad[k] = 0.0
-    e = np.empty(theta.size)
-    m = column_exp(theta, e)
-    f = 0.0
-    for i in range(indptr.size - 1):
-        s0 = indptr[i]
-        s1 = indptr[i + 1]
-        yj = y_entry[i]
-        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, True)
-        nll[i] = v
-        f += _mixture_prompt(i, v, log_odds, weight, w_rho, w_var)
-        _add_prompt_grad(grad, local, prob, s0, s1, yj, w_rho[i])
-    return f
+    return _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob,
+                        nll, w_rho, w_var)
 
 
 @njit(cache=True, nogil=True)
@@ -557,21 +577,7 @@ def column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, prob, out):
     """Hessian-vector product of :func:`column_mixture_grad`'s loss: the CCMC Hessian at
     weights ``w rho`` minus ``sum_i w_i rho_i (1 - rho_i) g_i g_i^T`` with ``g_i = p_i - e_y``
     (the information the latent choice hides; the loss is not convex)."""
-    for k in range(out.size):
-        out[k] = 0.0
-    for i in range(indptr.size - 1):
-        s0 = indptr[i]
-        s1 = indptr[i + 1]
-        pv = 0.0
-        for j in range(s0, s1):
-            pv += prob[j] * v[local[j]]
-        ly = local[y_entry[i]]
-        c = w_var[i] * (pv - v[ly])
-        w = w_rho[i]
-        for j in range(s0, s1):
-            lj = local[j]
-            out[lj] += prob[j] * (w * (v[lj] - pv) - c)
-        out[ly] += c
+    _hessp(v, indptr, local, y_entry, w_rho, w_var, prob, out)
 
 
 @njit(**_NOGIL)

@@ -1192,7 +1192,7 @@ class _EMBlock:
         lam = params.lam if cfg.shared else _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
         if n_steps == 0:
             return lam, c
-        lam = lam.copy()
+        # In place: a per-query lam is the fresh array above; a shared one is not written.
         run_threads(_kernels.mixture_em_steps, self.inner_chunks, n_steps, self.key_ptr,
                     self.pair_ptr, self.w_by_key, evaluation.copy_p[self.rows_by_key],
                     self.prior_key, self.beta, self.n_per_query, float(cfg.a), float(cfg.b),
