@@ -16,8 +16,11 @@ the logits: Newton to a mean-loss gradient of 1e-10 in every column, no inner st
 acceleration), the same by the former default (EM, SQUAREM, 5 inner steps), the mixture
 whose copy part learns a bias per distance (``max_distance=63``; at the default ``alpha=1``
 and at the ``alpha`` of 0.1, 0.3, 1, 3 that scores best on validation pairs: the same protocol
-run on the training files alone, the first 80% of them fitted and the rest scored), and the
-baselines of ``compare_models`` (Witten-Bell bigram, unigram, cache model with its weight tuned
+run on the training files alone, the first 80% of them fitted and the rest scored), the
+mixture whose copy weight is each prompt's attention against a learned sentinel
+(``copy_weight="sentinel"``, at ``alpha=1`` and at the ``alpha`` chosen on validation pairs
+the same way; its fit time is a median of ``--repeats`` too), and the baselines of
+``compare_models`` (Witten-Bell bigram, unigram, cache model with its weight tuned
 on the held-out pairs).  Fit times are medians of ``--repeats`` runs in this process after a
 warm-up fit (numba cache warm).
 
@@ -79,12 +82,19 @@ def positional(alpha):
                                 max_distance=CONTEXT - 1)
 
 
-def validation_alpha(train):
-    """``alpha`` of the learned-bias mixture chosen on the training files alone: the same
-    protocol with the first 80% of them for fitting and the rest for validation."""
+def sentinel(alpha):
+    return MixtureCCMCEstimator(alpha=alpha, unknown_id=0, n_tokens=1001,
+                                copy_weight="sentinel")
+
+
+def validation_alpha(train, make=None):
+    """``alpha`` of the learned-bias (or ``make``'s) mixture chosen on the training files
+    alone: the same protocol with the first 80% of them for fitting and the rest for
+    validation."""
+    make = make or positional
     cut = int(np.ceil(0.8 * len(train)))
     Xf, yf, Xv, yv = pairs(train[:cut], train[cut:])
-    scores = {a: positional(a).fit(Xf, yf).score(Xv, yv) for a in ALPHAS}
+    scores = {a: make(a).fit(Xf, yf).score(Xv, yv) for a in ALPHAS}
     return max(scores, key=scores.get), scores
 
 
@@ -115,6 +125,13 @@ def run(name, train, test, repeats):
     for alpha in sorted({1.0, chosen}, reverse=True):
         pos, t_pos = timed_fit(lambda a=alpha: positional(a), Xtr, ytr, 1)
         fits.append((alpha, pos, t_pos, compare_models(pos, Xtr, ytr, Xte, yte)))
+    # The copy weight of each prompt from its attention against a sentinel.
+    sentinel(1.0).fit(Xtr[:3000], ytr[:3000])  # compile
+    s_chosen, s_val = validation_alpha(train, sentinel)
+    s_fits = []
+    for alpha in sorted({1.0, s_chosen}, reverse=True):
+        sen, t_sen = timed_fit(lambda a=alpha: sentinel(a), Xtr, ytr, repeats)
+        s_fits.append((alpha, sen, t_sen, compare_models(sen, Xtr, ytr, Xte, yte)))
     lines = [
         f"### {name}: {len(ytr):,} training pairs, {len(yte):,} held-out pairs "
         f"({cmp.n_covered / cmp.n_test:.1%} covered)",
@@ -125,10 +142,11 @@ def run(name, train, test, repeats):
     for model in ("mixture", "cache (tuned)", "base chain", "unigram", "ccmc"):
         a = f"{allp[model]:.4f}" if model in allp else "-"
         lines.append(f"| {model} | {a} | {cov[model]:.4f} |")
-    for alpha, _, _, c in fits:
-        lines.append(f"| mixture, learned position bias (alpha={alpha:g}) | "
-                     f"{c.mean_log_likelihood['all pairs']['mixture']:.4f} | "
-                     f"{c.mean_log_likelihood['covered pairs']['mixture']:.4f} |")
+    for label, group in (("learned position bias", fits), ("sentinel", s_fits)):
+        for alpha, _, _, c in group:
+            lines.append(f"| mixture, {label} (alpha={alpha:g}) | "
+                         f"{c.mean_log_likelihood['all pairs']['mixture']:.4f} | "
+                         f"{c.mean_log_likelihood['covered pairs']['mixture']:.4f} |")
     lines += [
         "",
         f"Mixture minus tuned cache (all pairs): {allp['mixture'] - allp['cache (tuned)']:+.4f} "
@@ -159,6 +177,21 @@ def run(name, train, test, repeats):
             f"{pos.n_iter_} EM iterations, {pos.n_bias_iter_} bias steps); objective "
             f"{pos.objective_trace_[-1]:.6g}; bias at distances 1-8: "
             f"{', '.join(f'{v:.2f}' for v in pos.position_bias_[1:9])}.",
+            "",
+        ]
+    lines += [
+        "Alpha of the sentinel mixture on validation files: " + ", ".join(
+            f"{a:g}: {v:.4f}" for a, v in s_val.items()) + f"; chosen {s_chosen:g}.",
+        "",
+    ]
+    for alpha, sen, t_sen, c in s_fits:
+        margin = (c.mean_log_likelihood["all pairs"]["mixture"]
+                  - c.mean_log_likelihood["all pairs"]["cache (tuned)"])
+        lines += [
+            f"Sentinel (alpha={alpha:g}): {margin:+.4f} nats/token over the tuned cache; fit "
+            f"{t_sen:.2f} s (median of {repeats}; {sen.n_iter_} ECME iterations; "
+            f"{t_sen / t_fast:.2f}x the default's); objective "
+            f"{sen.objective_trace_[-1]:.7g}; mean copy weight {sen.copy_weight_.mean():.3f}.",
             "",
         ]
     return "\n".join(lines)

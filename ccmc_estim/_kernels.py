@@ -285,9 +285,10 @@ def csc_gather(w_ptr, w_idx, w_val, id_ptr, id_tokens):
 
 
 @njit(cache=True)
-def entry_log_proba(w_ptr, w_idx, w_val, indptr, tokens, logc, query):
+def entry_log_proba(w_ptr, w_idx, w_val, indptr, tokens, logc, query, log_norm):
     """Log-probability of every entry: ``W[k, q] + log m_k - logsumexp`` over the prompt, with
-    ``W`` in CSC form (missing entries 0)."""
+    ``W`` in CSC form (missing entries 0); unless ``log_norm`` is empty, it receives each
+    prompt's logsumexp (``-inf`` for a prompt without entries)."""
     n = indptr.size - 1
     out = np.empty(tokens.size, np.float64)
     for i in range(n):
@@ -299,6 +300,8 @@ def entry_log_proba(w_ptr, w_idx, w_val, indptr, tokens, logc, query):
             v, lo = csc_lookup(w_ptr, w_idx, w_val, tokens[j], q, lo)
             out[j] = v + logc[j]
         lse = logsumexp_inplace(out, a, b, False)
+        if log_norm.size > 0:
+            log_norm[i] = lse
         for j in range(a, b):
             out[j] -= lse
     return out
@@ -401,17 +404,17 @@ def column_nll_grad(theta, indptr, local, count, y_entry, weight, grad, prob, nl
     depend on the weights: :func:`column_nll_grad_from` gives the NLL and gradient at other
     weights from them, to the last bit."""
     none = np.empty(0)
-    return _column_pass(theta, indptr, local, count, y_entry, weight, np.empty((0, 0)), grad,
-                        prob, nll, none, none)
+    return _column_pass(theta, indptr, local, count, y_entry, weight, np.empty((0, 0)), False,
+                        grad, prob, nll, none, none)
 
 
 @njit(cache=True, nogil=True)
-def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob, nll,
-                 w_rho, w_var):
+def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, sentinel, grad, prob,
+                 nll, w_rho, w_var):
     """The pass over a column's prompts of :func:`column_nll_grad` (``log_odds`` 2-D) and of
     :func:`column_mixture_nll_grad` (``log_odds`` 1-D: each prompt's loss and gradient weight
-    are the mixture's).  The type of ``log_odds`` is a constant when compiled: a CCMC never
-    compiles the mixture's branch."""
+    are the mixture's, with a ``sentinel`` or not).  The type of ``log_odds`` is a constant
+    when compiled: a CCMC never compiles the mixture's branch."""
     with_grad = grad.size > 0
     for k in range(grad.size):  # a loop compiles faster than ``grad[:] = 0.0``
         grad[k] = 0.0
@@ -422,11 +425,17 @@ def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, grad, p
         s0 = indptr[i]
         s1 = indptr[i + 1]
         yj = y_entry[i]
-        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, with_grad)
+        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, with_grad or sentinel)
         if nll.size > 0:
             nll[i] = v
         if log_odds.ndim == 1:
-            f += _mixture_prompt(i, v, log_odds, weight, w_rho, w_var)
+            # With a sentinel (the prompt's last entry), generating needs its attention too.
+            t = log_odds[i] + np.log(prob[s1 - 1]) if sentinel else log_odds[i]
+            f += _mixture_prompt(i, v, t, weight, w_rho, w_var)
+            if sentinel:
+                if with_grad:
+                    _add_sentinel_grad(grad, local, prob, s0, s1, yj, weight[i], w_rho[i])
+                continue
             w = w_rho[i]
         else:
             w = weight[i]
@@ -443,6 +452,16 @@ def _add_prompt_grad(grad, local, prob, s0, s1, yj, w):
     for j in range(s0, s1):
         grad[local[j]] += w * prob[j]
     grad[local[yj]] -= w
+
+
+@njit(cache=True, nogil=True)
+def _add_sentinel_grad(grad, local, prob, s0, s1, yj, w, w_rho):
+    """Add a prompt's gradient with a sentinel (its last entry), ``w p - w rho e_y - w (1 -
+    rho) e_sentinel``: the output copied with posterior ``rho``, else generated."""
+    for j in range(s0, s1):
+        grad[local[j]] += w * prob[j]
+    grad[local[yj]] -= w_rho
+    grad[local[s1 - 1]] -= w - w_rho
 
 
 @njit(cache=True, nogil=True)
@@ -494,14 +513,15 @@ def column_hessian(indptr, local, weight, prob, hess):
 @njit(**_NOGIL)
 def column_hessp(v, indptr, local, weight, prob, out):
     """Hessian-vector product of one column from entry probabilities."""
-    _hessp(v, indptr, local, np.empty(0, np.int64), weight, np.empty((0, 0)), prob, out)
+    _hessp(v, indptr, local, np.empty(0, np.int64), weight, np.empty((0, 0)), False, prob, out)
 
 
 @njit(**_NOGIL)
-def _hessp(v, indptr, local, y_entry, weight, w_var, prob, out):
+def _hessp(v, indptr, local, y_entry, weight, w_var, sentinel, prob, out):
     """The pass of :func:`column_hessp` (``w_var`` 2-D) and of :func:`column_mixture_hessp`
-    (``w_var`` 1-D: minus the mixture's rank-one terms, ``weight`` its ``w rho``).  The type
-    of ``w_var`` is a constant when compiled: a CCMC never compiles the mixture's branch."""
+    (``w_var`` 1-D: minus the mixture's rank-one terms, ``weight`` its ``w rho``, or ``w``
+    with a ``sentinel``).  The type of ``w_var`` is a constant when compiled: a CCMC never
+    compiles the mixture's branch."""
     for k in range(out.size):  # a loop compiles faster than ``out[:] = 0.0``
         out[k] = 0.0
     for i in range(indptr.size - 1):
@@ -511,7 +531,7 @@ def _hessp(v, indptr, local, y_entry, weight, w_var, prob, out):
         for j in range(s0, s1):
             pv += prob[j] * v[local[j]]
         w = weight[i]
-        if w_var.ndim == 1:
+        if w_var.ndim == 1 and not sentinel:
             ly = local[y_entry[i]]
             c = w_var[i] * (pv - v[ly])
             for j in range(s0, s1):
@@ -522,43 +542,61 @@ def _hessp(v, indptr, local, y_entry, weight, w_var, prob, out):
             for j in range(s0, s1):
                 lj = local[j]
                 out[lj] += w * prob[j] * (v[lj] - pv)
+            if w_var.ndim == 1:  # the sentinel's rank-one term, on the output and sentinel
+                ly = local[y_entry[i]]
+                ls = local[s1 - 1]
+                c = w_var[i] * (v[ly] - v[ls])
+                out[ly] -= c
+                out[ls] += c
 
 
 @njit(cache=True, nogil=True)
-def column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob, grad, w_rho, w_var):
+def column_mixture_grad(nll, log_odds, sentinel, indptr, local, y_entry, weight, prob, grad,
+                        w_rho, w_var):
     """The copy-and-generate mixture's loss of one column as a function of its copy logits,
     ``sum_i w_i (-log(C_i + exp(t_i)))`` with ``C_i = exp(-nll_i)`` the CCMC probability of
     prompt ``i``'s output and ``t_i = log_odds[i]`` the log-odds of generating it
     (``log((1 - lam) B / lam)``, fixed), from the prompts' NLLs and entry probabilities.
     ``grad`` receives its gradient, ``sum_i w_i rho_i (p_i - e_y)`` with ``rho_i`` the
     posterior copy probability; ``w_rho`` and ``w_var`` receive ``w rho`` and
-    ``w rho (1 - rho)``, the weights of the Hessian (:func:`column_mixture_hessp`)."""
+    ``w rho (1 - rho)``, the weights of the Hessian (:func:`column_mixture_hessp`).
+
+    With a ``sentinel``, the last entry of every prompt, whose attention is the weight of
+    generating (the copy weight is the prompt's own): ``t_i = log_odds[i] + log
+    p_sentinel`` with ``log_odds[i] = log B``, ``C_i`` the output's share of the attention
+    including the sentinel's, and the gradient ``w_i (p_i - rho_i e_y - (1 - rho_i)
+    e_sentinel)``."""
     for k in range(grad.size):
         grad[k] = 0.0
     f = 0.0
     for i in range(indptr.size - 1):
-        f += _mixture_prompt(i, nll[i], log_odds, weight, w_rho, w_var)
-        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], w_rho[i])
+        s0 = indptr[i]
+        s1 = indptr[i + 1]
+        t = log_odds[i] + np.log(prob[s1 - 1]) if sentinel else log_odds[i]
+        f += _mixture_prompt(i, nll[i], t, weight, w_rho, w_var)
+        if sentinel:
+            _add_sentinel_grad(grad, local, prob, s0, s1, y_entry[i], weight[i], w_rho[i])
+        else:
+            _add_prompt_grad(grad, local, prob, s0, s1, y_entry[i], w_rho[i])
     return f
 
 
 @njit(cache=True, nogil=True)
-def column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob,
-                            nll, w_rho, w_var):
+def column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_odds, sentinel,
+                            grad, prob, nll, w_rho, w_var):
     """:func:`column_mixture_grad` at the logits ``theta``, in one pass over the prompts: the
     entry probabilities into ``prob`` and the prompts' CCMC NLLs into ``nll`` as well (each
     prompt's gradient is added while its entries are in cache)."""
-    return _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, grad, prob,
-                        nll, w_rho, w_var)
+    return _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, sentinel, grad,
+                        prob, nll, w_rho, w_var)
 
 
 @njit(cache=True, nogil=True)
-def _mixture_prompt(i, nll, log_odds, weight, w_rho, w_var):
+def _mixture_prompt(i, nll, t, weight, w_rho, w_var):
     """Prompt ``i``'s mixture loss ``-w log(C + exp(t))`` from its CCMC NLL ``-log C`` (in log
     space: no overflow for odds up to ``exp(+-700)``); records ``w rho`` and
     ``w rho (1 - rho)``."""
     a = -nll
-    t = log_odds[i]
     w = weight[i]
     if t == -np.inf:  # never generated: the CCMC's own loss (EM's M-step), to the last bit
         w_rho[i] = w
@@ -573,11 +611,12 @@ def _mixture_prompt(i, nll, log_odds, weight, w_rho, w_var):
 
 
 @njit(**_NOGIL)
-def column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, prob, out):
+def column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, sentinel, prob, out):
     """Hessian-vector product of :func:`column_mixture_grad`'s loss: the CCMC Hessian at
     weights ``w rho`` minus ``sum_i w_i rho_i (1 - rho_i) g_i g_i^T`` with ``g_i = p_i - e_y``
-    (the information the latent choice hides; the loss is not convex)."""
-    _hessp(v, indptr, local, y_entry, w_rho, w_var, prob, out)
+    (the information the latent choice hides; the loss is not convex).  With a ``sentinel``,
+    ``w_rho`` holds the weights ``w`` and ``g_i = e_y - e_sentinel``."""
+    _hessp(v, indptr, local, y_entry, w_rho, w_var, sentinel, prob, out)
 
 
 @njit(**_NOGIL)
@@ -959,12 +998,13 @@ def layout_output_proba(cols, lay, theta, out, proba_out, nll_out):
 
 
 @njit(cache=True, nogil=True)
-def mixture_posterior(ql, copyable, lam, copy_p, c, key_of, col_total, beta, u_y, r, log_p):
+def mixture_posterior(ql, copy_j, gen, c, key_of, col_total, beta, u_y, r, log_p):
     """E-step of the copy-and-generate mixture for every pair ``i`` of a block: the posterior
     copy probability ``r[i]`` and, unless ``log_p`` is empty, ``log_p[i] = log(lam C + (1 -
-    lam) B)``, where ``C`` is ``copy_p[i]`` and ``B`` the Witten-Bell base chain ``(c[key] +
-    beta u_y) / (col_total + beta)`` of the pair's column ``ql[i]``; ``lam`` is 0 for pairs
-    that are not ``copyable``.
+    lam) B)``, where ``lam C`` is ``copy_j[i]``, ``1 - lam`` is ``gen[i]`` and ``B`` the
+    Witten-Bell base chain ``(c[key] + beta u_y) / (col_total + beta)`` of the pair's column
+    ``ql[i]`` (``lam`` is the pair's copy weight: its query's, or its attention against a
+    sentinel, 0 for a pair with nothing to copy).
 
     In probability space (both parts are probabilities, at least the base chain's floor, so
     nothing overflows and the sum cannot lose the larger part); the copy probabilities come
@@ -972,9 +1012,8 @@ def mixture_posterior(ql, copyable, lam, copy_p, c, key_of, col_total, beta, u_y
     with_log = log_p.size > 0
     for i in range(ql.size):
         q = ql[i]
-        lq = lam[q] if copyable[i] else 0.0
-        base = (1.0 - lq) * (c[key_of[i]] + beta[q] * u_y[i]) / (col_total[q] + beta[q])
-        cp = lq * copy_p[i]
+        base = gen[i] * (c[key_of[i]] + beta[q] * u_y[i]) / (col_total[q] + beta[q])
+        cp = copy_j[i]
         p = cp + base
         if p > 0.0:
             r[i] = cp / p
@@ -1020,7 +1059,7 @@ def copy_weights(wr, n, a, b, out):
 
 
 @njit(cache=True, nogil=True)
-def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, prior, beta,
+def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, pair_gen, prior, beta,
                      n_per_query, a, b, shared, lam, c, c_fixed, wr):
     """``n_steps`` EM steps of the copy-and-generate mixture for its copy weights ``lam`` and
     base chain at fixed copy probabilities, in the columns ``cols``, each column's steps
@@ -1032,7 +1071,12 @@ def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, prior,
     the expected counts ``c``, then sets ``wr[q] = sum w r``, ``c[k] = c_fixed[k] + sum w
     (1 - r)`` and, unless ``shared`` (the driver's), ``lam[q] = copy_weight(wr[q],
     n_per_query[q], a, b)``, all in place.  Columns do not interact: any split of them gives
-    the same numbers."""
+    the same numbers.
+
+    Unless ``pair_gen`` is empty, every pair has a copy weight of its own (its attention
+    against a sentinel, fixed with the copy logits): ``pair_copy`` is then ``lam C`` and
+    ``pair_gen`` ``1 - lam``, and ``lam`` is not used."""
+    own = pair_gen.size > 0
     for q in cols:
         k0 = key_ptr[q]
         k1 = key_ptr[q + 1]
@@ -1041,15 +1085,19 @@ def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, prior,
             total = 0.0
             for k in range(k0, k1):
                 total += c[k]
-            lq = lam[q]
+            lq = 0.0 if own else lam[q]
             scale = (1.0 - lq) / (total + beta[q])
             s = 0.0
             for k in range(k0, k1):
                 base = (c[k] + prior[k]) * scale  # the same for all the key's pairs
                 g = c_fixed[k]
                 for i in range(pair_ptr[k], pair_ptr[k + 1]):
-                    cp = lq * pair_copy[i]
-                    p = cp + base
+                    if own:
+                        cp = pair_copy[i]
+                        p = cp + pair_gen[i] * base
+                    else:
+                        cp = lq * pair_copy[i]
+                        p = cp + base
                     r = cp / p if p > 0.0 else 0.0
                     s += pair_w[i] * r
                     g += pair_w[i] * (1.0 - r)
@@ -1057,7 +1105,7 @@ def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, prior,
             wr[q] = s
             for k in range(k0, k1):
                 c[k] = c_new[k - k0]
-            if not shared:
+            if not (shared or own):
                 lam[q] = copy_weight(s, n_per_query[q], a, b)
 
 
@@ -1092,18 +1140,41 @@ def _search(cdf, lo, hi, target):
 
 
 @njit(cache=True)
-def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cdf, lam, unk,
-                     bias, context, window, u, out):
+def _copy_scores(w_ptr, w_idx, w_val, q, present, n_present, unk, seq, hi, n, old, recent,
+                 expb, z):
+    """The log attention of the copy part on every present token into ``z``, normalised;
+    returns its logsumexp (the positions at distances of at least ``len(expb) - 1`` counted in
+    ``old``, the more recent ones summed here)."""
+    B = expb.size
+    for j in range(hi, n):
+        recent[seq[j]] += expb[n - 1 - j]
+    for r in range(n_present):
+        t = present[r]
+        if t == unk:
+            z[r] = -np.inf
+        else:
+            z[r] = (csc_lookup(w_ptr, w_idx, w_val, t, q, w_ptr[q])[0]
+                    + np.log(old[t] * expb[B - 1] + recent[t]))
+    for j in range(hi, n):
+        recent[seq[j]] = 0.0
+    return logsumexp_inplace(z, 0, n_present, True)
+
+
+@njit(cache=True)
+def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cdf, lam, sentinel,
+                     unk, bias, context, window, u, out):
     """Generation from a copy-and-generate mixture: the support grows as the base chain
     emits new tokens.  ``u`` holds three uniforms per step (copy or generate, which source,
     which token); ``c_cum`` the cumulative base-chain counts within each column.  The copy
     part weighs a position at distance ``d`` by ``exp(bias[min(d, len(bias) - 1)])``
     (``bias = [0]``: plain counts): as in :func:`generate_positional`, the positions at
     distances of at least ``len(bias) - 1`` are counted incrementally, the more recent ones
-    summed at each step."""
+    summed at each step.  The copy weight is ``lam[q]``, or, unless ``sentinel`` is empty,
+    the attention ``Z / (Z + exp(sentinel[q]))`` of the context."""
     K = total.size
     L = context.size
     B = bias.size
+    own = sentinel.size > 0
     expb = np.exp(bias - bias.max())
     seq = np.empty(L + out.size, np.int64)
     seq[:L] = context
@@ -1131,19 +1202,18 @@ def generate_mixture(w_ptr, w_idx, w_val, c_ptr, c_idx, c_cum, total, beta, u_cd
             old[seq[rhi]] += 1.0
             rhi += 1
         n_copy = n_present - (1 if unk >= 0 and m[unk] > 0 else 0)
-        if n_copy > 0 and u[step, 0] < lam[q]:
-            for j in range(hi, n):
-                recent[seq[j]] += expb[n - 1 - j]
-            for r in range(n_present):
-                t = present[r]
-                if t == unk:
-                    z[r] = -np.inf
-                else:
-                    z[r] = (csc_lookup(w_ptr, w_idx, w_val, t, q, w_ptr[q])[0]
-                            + np.log(old[t] * expb[B - 1] + recent[t]))
-            for j in range(hi, n):
-                recent[seq[j]] = 0.0
-            logsumexp_inplace(z, 0, n_present, True)
+        copy = False
+        if n_copy > 0:
+            if own:  # the copy weight needs the attention first
+                lse = _copy_scores(w_ptr, w_idx, w_val, q, present, n_present, unk, seq, hi, n,
+                                   old, recent, expb, z)
+                # z was scaled by exp(-max b): Z is exp(lse + max b)
+                copy = u[step, 0] * (1.0 + np.exp(sentinel[q] - lse - bias.max())) < 1.0
+            elif u[step, 0] < lam[q]:
+                _copy_scores(w_ptr, w_idx, w_val, q, present, n_present, unk, seq, hi, n, old,
+                             recent, expb, z)
+                copy = True
+        if copy:
             c = 0.0
             y = -1
             for r in range(n_present):

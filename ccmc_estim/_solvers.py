@@ -121,12 +121,14 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
 
 
 @njit(cache=True, nogil=True)
-def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var, mode):
+def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var, mode,
+                  sentinel):
     """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance or at a direction
     of non-positive curvature.  With a 1-D ``mode`` (the mixture's log-odds, see
     :func:`_solve_columns`), ``H`` is the mixture's Hessian of
-    :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho``; the CCMC
-    Hessian's diagonal at those weights, positive, preconditions it."""
+    :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho`` (``w`` with a
+    ``sentinel``); the CCMC Hessian's diagonal at those weights, positive, preconditions
+    it."""
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)
@@ -149,7 +151,7 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_va
     hp = np.empty(n)
     for _ in range(min(n, 250)):
         if mode.ndim == 1:  # a constant when compiled (see _solve_columns)
-            column_mixture_hessp(p, indptr, local, y_entry, weight, w_var, prob, hp)
+            column_mixture_hessp(p, indptr, local, y_entry, weight, w_var, sentinel, prob, hp)
         else:
             column_hessp(p, indptr, local, weight, prob, hp)
         for k in range(n):
@@ -246,19 +248,20 @@ def _solve_chunk(cols, lay, log_odds, theta, use_cg, settings, out, info_offsets
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
     """
-    alpha, tol, max_iter, cold = settings
+    alpha, tol, max_iter, cold, sentinel = settings
     cg = use_cg[cols]
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
             _solve_columns(part, *lay, log_odds, theta, float(alpha), float(tol), int(max_iter),
-                           cold, *out, info_offsets, info, info_diag, out_proba, *proba, kind)
+                           cold, sentinel, *out, info_offsets, info, info_diag, out_proba,
+                           *proba, kind)
 
 
 @njit(cache=True, nogil=True)
 def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr,
-                   log_odds_all, theta, alpha, tol, max_iter, cold, objective, n_iter, status,
-                   info_offsets, info, info_diag, out_proba, prob_in, nll_in, prob_out, nll_out,
-                   kind):
+                   log_odds_all, theta, alpha, tol, max_iter, cold, sentinel, objective, n_iter,
+                   status, info_offsets, info, info_diag, out_proba, prob_in, nll_in, prob_out,
+                   nll_out, kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -334,13 +337,14 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             if log_odds_all.ndim == 1:
                 for j in range(e1 - e0):
                     prob[j] = prob_in[e0 + j]
-                f = column_mixture_grad(nll, lo, ip, local, y, w, prob, grad, w_rho, w_var)
+                f = column_mixture_grad(nll, lo, sentinel, ip, local, y, w, prob, grad, w_rho,
+                                        w_var)
             else:
                 f = column_nll_grad_from(prob_in[e0:e1], nll_in[a:b], ip, local, y, w, grad,
                                          prob)
         elif log_odds_all.ndim == 1:
-            f = column_mixture_nll_grad(theta_q, ip, local, count, y, w, lo, grad, prob, nll,
-                                        w_rho, w_var)
+            f = column_mixture_nll_grad(theta_q, ip, local, count, y, w, lo, sentinel, grad,
+                                        prob, nll, w_rho, w_var)
         else:
             f = column_nll_grad(theta_q, ip, local, count, y, w, grad, prob, nll)
         for k in range(n):
@@ -356,10 +360,12 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
                 break
             it += 1
             # The mixture's loss is not convex: its dense Newton steps take the CCMC Hessian
-            # at the weights w rho (EM's), positive definite; CG takes the exact one.
-            w_h = w_rho if mixture else w
+            # at the weights w rho (EM's; w with a sentinel, which EM's also has),
+            # positive definite; CG takes the exact one.
+            w_h = w_rho if mixture and not sentinel else w
             if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
-                d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var, lo)
+                d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var, lo,
+                                  sentinel)
             else:
                 d = _dense_direction(grad, ip, local, w_h, prob, alpha)
             gd = _dot(grad, d)
@@ -375,8 +381,8 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
                 for k in range(n):
                     trial[k] = theta_q[k] + t * d[k]
                 if log_odds_all.ndim == 1:
-                    ft = column_mixture_nll_grad(trial, ip, local, count, y, w, lo, grad_t,
-                                                 prob_t, nll_t, w_rho_t, w_var_t)
+                    ft = column_mixture_nll_grad(trial, ip, local, count, y, w, lo, sentinel,
+                                                 grad_t, prob_t, nll_t, w_rho_t, w_var_t)
                 else:
                     ft = column_nll_grad(trial, ip, local, count, y, w, grad_t, prob_t, nll_t)
                 for k in range(n):
@@ -521,7 +527,7 @@ class ColumnSolution:
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
                   cold_start=False, output_proba=False, chunks=None, start_proba=None,
-                  keep_proba=False, log_odds=None):
+                  keep_proba=False, log_odds=None, sentinel=False):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -546,6 +552,10 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         Solve the copy-and-generate mixture's problem in the copy logits instead: prompt
         ``r``'s loss is ``-log(C_r + exp(log_odds[r]))``, its output generated with those
         odds against being copied (see :func:`~ccmc_estim._kernels.column_mixture_grad`).
+    sentinel : bool
+        With ``log_odds``: the last entry of every prompt is a sentinel, whose attention is
+        the weight of generating, and ``log_odds`` the log-probability of generating the
+        output (see :func:`~ccmc_estim._kernels.column_mixture_grad`).
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
@@ -585,7 +595,9 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     info_offsets = np.where(want, np.cumsum(blocks) - blocks, -1)
     info = np.empty(int(blocks.sum()))
     info_diag = np.empty(cd.n_params if info_max >= 0 else 0)  # info_max < 0: none at all
-    settings = (float(alpha), float(tol), int(max_iter), bool(cold_start))
+    if sentinel and log_odds is None:
+        raise ValueError("a sentinel needs log_odds.")
+    settings = (float(alpha), float(tol), int(max_iter), bool(cold_start), bool(sentinel))
     out = (objective, n_iter, status)
     out_proba = np.full(cd.col_ptr[-1] if output_proba else 0, np.nan)  # NaN: not solved
     if log_odds is not None:

@@ -220,6 +220,8 @@ def _witten_bell(n_types):
 # --------------------------------------------------------------------------- model
 _NO_BIAS = np.zeros(1)
 _NO_BIAS.setflags(write=False)
+_NO_SENTINEL = np.zeros(0)
+_NO_SENTINEL.setflags(write=False)
 
 
 class MixtureCCMC:
@@ -241,6 +243,12 @@ class MixtureCCMC:
     unknown_id : int or None
         A token that is never copied (the unknown token of a vocabulary): the copy part ignores
         its occurrences in prompts, the base chain still generates it.
+    sentinel : array-like of shape (K,) or None
+        Sentinel logits ``s_q``: when given, the copy weight of a prompt is its own, its copy
+        part's attention against the sentinel, ``lam = Z / (Z + exp(s_q))`` with ``Z`` the sum
+        of ``exp(W[x_j, q])`` over the prompt's positions (the pointer-sentinel mixture), and
+        ``copy_weight`` serves only reports (a fit stores there the mean copy weight of each
+        query's training prompts).
 
     Examples
     --------
@@ -253,7 +261,7 @@ class MixtureCCMC:
     array([[0.5  , 0.333, 0.167]])
     """
 
-    def __init__(self, ccmc, base_chain, copy_weight, unknown_id=None):
+    def __init__(self, ccmc, base_chain, copy_weight, unknown_id=None, sentinel=None):
         if not isinstance(ccmc, CCMC):
             raise TypeError(f"ccmc must be a CCMC, got {type(ccmc).__name__}.")
         if not isinstance(base_chain, BaseChain):
@@ -269,7 +277,13 @@ class MixtureCCMC:
                                        or not isinstance(unknown_id, Integral)
                                        or not 0 <= unknown_id < K):
             raise ValueError(f"unknown_id must be None or a token id in 0..{K - 1}.")
+        if sentinel is not None:
+            sentinel = np.array(sentinel, dtype=np.float64).reshape(-1)
+            if sentinel.shape != (K,) or not np.isfinite(sentinel).all():
+                raise ValueError(f"sentinel must hold {K} finite numbers.")
+            sentinel.setflags(write=False)
         lam.setflags(write=False)
+        self.sentinel = sentinel
         self.ccmc = ccmc
         self.base_chain = base_chain
         self.copy_weight = lam
@@ -282,8 +296,11 @@ class MixtureCCMC:
     def __setstate__(self, state):
         # Read-only again after pickle, joblib or deepcopy, as at construction: generation's
         # kernel is compiled for read-only arrays.
+        state.setdefault("sentinel", None)
         self.__dict__.update(state)
         self.copy_weight.setflags(write=False)
+        if self.sentinel is not None:
+            self.sentinel.setflags(write=False)
 
     @property
     def _bias(self):
@@ -304,15 +321,27 @@ class MixtureCCMC:
                            stats.query)
 
     def _parts(self, prompts):
+        """The prompts' statistics, the copy part's log-probability of every entry and the
+        copy weight of every prompt (:meth:`_lam`)."""
         stats = self._copy_stats(prompts)
+        log_norm = np.empty(stats.n_prompts if self.sentinel is not None else 0)
         logp = _kernels.entry_log_proba(*self.ccmc._csc, stats.indptr, stats.tokens,
-                                        stats.logc, stats.query)
-        return stats, logp
+                                        stats.logc, stats.query, log_norm)
+        return stats, logp, self._lam(stats, log_norm)
 
-    def _lam(self, stats):
+    def _lam(self, stats, log_norm):
         """Copy weight of each prompt: 0 for a prompt with nothing to copy (only the unknown
-        token), whose next token is then generated."""
-        return np.where(np.diff(stats.indptr) > 0, self.copy_weight[stats.query], 0.0)
+        token), whose next token is then generated; with a sentinel, the attention on the
+        prompt, ``Z / (Z + exp(s_q))`` from ``log_norm = log Z``."""
+        has = np.diff(stats.indptr) > 0
+        if self.sentinel is None:
+            return np.where(has, self.copy_weight[stats.query], 0.0)
+        # The statistics weigh positions by exp(b - max b) (see PositionalCCMC): Z is the
+        # sum of exp(W + b) itself.
+        log_norm = log_norm + self._bias.max()
+        with np.errstate(invalid="ignore"):
+            lam = np.exp(log_norm - np.logaddexp(log_norm, self.sentinel[stats.query]))
+        return np.where(has, lam, 0.0)
 
     def log_likelihood(self, prompts, outputs):
         """``log P(y | prompt)`` of each pair, shape ``(n,)``; finite for every token."""
@@ -321,12 +350,11 @@ class MixtureCCMC:
     def _pair_log_proba(self, prompts, outputs):
         """``log P(y | prompt)`` of each pair and the log-probability of its copy part alone
         (``-inf`` where the output cannot be copied), from one pass over the prompts."""
-        stats, logp = self._parts(prompts)
+        stats, logp, lam = self._parts(prompts)
         y = check_outputs(outputs, stats.n_prompts, self.n_tokens)
         entries = stats.output_entries(y)
         with np.errstate(divide="ignore"):
             log_c = np.where(entries >= 0, logp[np.maximum(entries, 0)], -np.inf)
-            lam = self._lam(stats)
             log_p = np.logaddexp(np.log(lam) + log_c,
                                  np.log1p(-lam) + self.base_chain.log_proba(stats.query, y))
         return log_p, log_c
@@ -334,8 +362,7 @@ class MixtureCCMC:
     def predict_proba(self, prompts):
         """Next-token distribution of each prompt, a dense ``(n, K)`` array (every token has
         positive probability; size-checked: use :meth:`log_likelihood` for huge ``K``)."""
-        stats, logp = self._parts(prompts)
-        lam = self._lam(stats)
+        stats, logp, lam = self._parts(prompts)
         out = (1.0 - lam)[:, None] * self.base_chain.columns(stats.query)
         out[stats.row, stats.tokens] += lam[stats.row] * np.exp(logp)
         return out
@@ -348,9 +375,8 @@ class MixtureCCMC:
     def predict(self, prompts):
         """Most probable next token of each prompt, without any ``(n, K)`` array: the winner is
         a prompt token or the base chain's most probable token of the query."""
-        stats, logp = self._parts(prompts)
+        stats, logp, lam = self._parts(prompts)
         q = stats.query.astype(np.int64)
-        lam = self._lam(stats)
         best_base = self._base_argmax()[q]
         cand_base = (1 - lam) * np.exp(self.base_chain.log_proba(q, best_base))
         base_of_entries = (1 - lam[stats.row]) * np.exp(
@@ -380,13 +406,13 @@ class MixtureCCMC:
         return self._argmax_cache
 
     def sample(self, prompts, random_state=None):
-        """Draw one next token for each prompt: copy with probability ``lam_q``, else
-        generate from the base chain."""
+        """Draw one next token for each prompt: copy with probability ``lam_q`` (the
+        prompt's own with a sentinel), else generate from the base chain."""
         rng = check_random_state(random_state)
-        stats, logp = self._parts(prompts)
+        stats, logp, lam = self._parts(prompts)
         q = stats.query.astype(np.int64)
         n = stats.n_prompts
-        copy = rng.random(n) < self._lam(stats)
+        copy = rng.random(n) < lam
         out = self.base_chain.sample(q, rng)
         if copy.any():
             u = rng.random(n)
@@ -401,6 +427,7 @@ class MixtureCCMC:
             *self.ccmc._csc, c.indptr.astype(np.int64), c.indices.astype(np.int64),
             np.cumsum(c.data), self.base_chain._total, self.base_chain.prior_weight,
             np.cumsum(self.base_chain.unigram), np.asarray(self.copy_weight),
+            _NO_SENTINEL if self.sentinel is None else np.asarray(self.sentinel),
             -1 if self.unknown_id is None else self.unknown_id, self._bias,
             np.asarray(prompt, np.int64), window, u, out)
 
@@ -415,6 +442,8 @@ class MixtureCCMC:
             "base_unigram": self.base_chain.unigram,
             "unknown_id": np.array(-1 if self.unknown_id is None else self.unknown_id),
         }
+        if self.sentinel is not None:
+            out["sentinel"] = np.asarray(self.sentinel)
         if self.ccmc.sparse:
             ptr, idx, val = self.ccmc._parts
             out.update(logits_data=val, logits_indices=idx, logits_indptr=ptr)
@@ -438,7 +467,8 @@ class MixtureCCMC:
                                    arrays["base_counts_indptr"]), shape=(K, K))
         chain = BaseChain(counts, arrays["base_prior_weight"], arrays["base_unigram"])
         unk = int(arrays["unknown_id"])
-        return cls(ccmc, chain, arrays["copy_weight"], None if unk < 0 else unk)
+        return cls(ccmc, chain, arrays["copy_weight"], None if unk < 0 else unk,
+                   arrays.get("sentinel"))
 
 
 # --------------------------------------------------------------------------- estimator
@@ -469,8 +499,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         ``(a, b)``: ``lam_q = (sum_q w r + a) / (sum_q w + a + b)``, a Beta prior that keeps
         every copy weight inside (0, 1); ``(0, 0)`` gives the maximum-likelihood weights (1/2
         for a query without copyable pairs, where nothing determines it).
-    copy_weight : {"per_query", "shared"}, default="per_query"
-        One copy weight per query, or one for all (the cache model's form).
+    copy_weight : {"per_query", "shared", "sentinel"}, default="per_query"
+        One copy weight per query, one for all (the cache model's form), or one per prompt:
+        its copy part's attention against a learned sentinel logit ``s_q`` of its query,
+        ``lam = Z / (Z + exp(s_q))`` with ``Z`` the sum of ``exp(W[x_j, q])`` over its
+        positions (the pointer-sentinel mixture of Merity et al., 2017): prompts that hold
+        tokens the query attends to strongly copy more.  The sentinel logits are fitted
+        with the copy logits (penalised with them by ``alpha``) and ``copy_prior`` does not
+        apply; ``copy_weight_`` then holds each query's mean over its training prompts.
+        Not with a position bias or ``algorithm="em"``.
     unknown_id : int or None, default=None
         A token never copied (e.g. ``Vocabulary.unknown_id``, 0): its occurrences in prompts
         are ignored by the copy part; as an output it is scored by the base chain only.
@@ -534,7 +571,11 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         Bias steps taken (0 unless the bias is learned).
     base_chain_ : BaseChain
     copy_weight_ : ndarray of shape (K,)
-        ``lam_q`` per query (all equal with ``copy_weight="shared"``).
+        ``lam_q`` per query (all equal with ``copy_weight="shared"``; with
+        ``copy_weight="sentinel"``, the mean copy weight of the query's training prompts).
+    sentinel_ : ndarray of shape (K,) or None
+        The sentinel logits ``s_q`` with ``copy_weight="sentinel"`` (column-centred with the
+        copy logits; 0 for a query without pairs to copy), None otherwise.
     objective_trace_ : ndarray
         Penalised objective (negative log-likelihood plus priors) at the start and after each
         EM iteration and each bias step; non-increasing.
@@ -575,7 +616,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         "n_tokens": [None, number(Integral, 1, _MAX_TOKENS)],
         "smoothing": [StrOptions({"witten-bell"}), number(Real, 0, None, closed="neither")],
         "copy_prior": [tuple, list],
-        "copy_weight": [StrOptions({"per_query", "shared"})],
+        "copy_weight": [StrOptions({"per_query", "shared", "sentinel"})],
         "unknown_id": [None, number(Integral, 0, _MAX_TOKENS)],
         "max_iter": [number(Integral, 1, 10**9)],
         "tol": [number(Real, 0, None, closed="neither")],
@@ -685,9 +726,16 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             # the same model as one whose longer distances share its last entry.
             bias[: previous.size] = previous
             bias[previous.size :] = previous[-1]
+        sentinel = self.copy_weight == "sentinel"
+        if sentinel and (bias.size > 1 or np.any(bias != 0)):
+            raise ValueError("copy_weight='sentinel' does not take a position bias "
+                             "(max_distance or position_bias).")
+        if sentinel and self.algorithm == "em":
+            raise ValueError("copy_weight='sentinel' is fitted by algorithm='ecme' only.")
         return _EMConfig(self.alpha, self.newton_steps, 0.01 * self.tol, self.inner_steps,
                          self.copy_weight == "shared", a, b, self.smoothing, self.unknown_id,
-                         self.n_jobs, bias, learn and bias.size > 1, self.algorithm == "ecme")
+                         self.n_jobs, bias, learn and bias.size > 1, self.algorithm == "ecme",
+                         sentinel)
 
     def _check_unknown_id(self, n_tokens):
         if self.unknown_id is not None and self.unknown_id >= n_tokens:
@@ -767,12 +815,15 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         self.position_bias_ = bias
         self.base_chain_ = BaseChain(counts, cat([b.beta for b in blocks]), em.unigram)
         self.copy_weight_ = lam
-        self.model_ = MixtureCCMC(self.ccmc_, self.base_chain_, lam, self.unknown_id)
+        self.sentinel_ = (cat([b.sentinel for b in blocks]) if em.config.sentinel else None)
+        self.model_ = MixtureCCMC(self.ccmc_, self.base_chain_, lam, self.unknown_id,
+                                  self.sentinel_)
         self.objective_trace_ = trace
         self.n_iter_ = n_iter
         self.log_likelihood_ = float(point.log_likelihood)
         n_queries = sum(b.n_lam for b in blocks)  # queries with a copyable pair
-        n_lam = 1 if self.copy_weight == "shared" else n_queries
+        # A sentinel's logits are among the copy part's free parameters.
+        n_lam = {"shared": 1, "sentinel": 0}.get(self.copy_weight, n_queries)
         n_base = int(keys.size - n_queries)
         n_bias = bias.size - 1 if em.config.learn_bias else 0
         self.n_free_params_ = int(sum(b.n_free for b in blocks) + n_lam + n_base + n_bias)
@@ -863,6 +914,7 @@ class _EMConfig:
     position_bias: np.ndarray  # the copy part's bias by distance at the start ([0]: none)
     learn_bias: bool
     ecme: bool
+    sentinel: bool  # each prompt's copy weight is its attention against a sentinel logit
 
 
 @dataclass(eq=False)
@@ -928,6 +980,7 @@ class _FittedBlock:
     n_free: int
     n_lam: int
     w_sum: float
+    sentinel: np.ndarray | None  # the sentinel logits of the columns, with a sentinel
 
     def __sizeof__(self):
         return _sizeof(self)
@@ -954,6 +1007,28 @@ def _copy_weight(wr, n, a, b):
 
 def _clip_lam(lam):
     return np.clip(lam, _kernels.LAM_MIN, _kernels.LAM_MAX)
+
+
+def _with_sentinel(flat, indptr, n_tokens):
+    """The prompts with the sentinel token ``n_tokens`` added at the start of each (the
+    query stays last)."""
+    n = indptr.size - 1
+    new_ptr = indptr + np.arange(n + 1)
+    out = np.empty(flat.size + n, flat.dtype)
+    is_new = np.zeros(out.size, bool)
+    is_new[new_ptr[:-1]] = True
+    out[is_new] = n_tokens
+    out[~is_new] = flat
+    return out, new_ptr
+
+
+def _with_sentinel_logits(logits, sentinel):
+    """``(K + 1, K + 1)`` CSC logits: ``logits`` with the sentinel logits as row ``K`` (0 where
+    ``sentinel`` is None) and an empty column ``K``."""
+    K = logits.shape[0]
+    s = np.zeros(K) if sentinel is None else np.asarray(sentinel, np.float64)
+    rows = sparse.vstack([sparse.csc_array(logits), sparse.csc_array(s[None, :])])
+    return sparse.hstack([rows, sparse.csc_array((K + 1, 1))], format="csc")
 
 
 def _quiet(quiet):
@@ -1004,11 +1079,24 @@ class _EMBlock:
         if config.learn_bias:  # the bias step's attention by distance, checked up front
             check_memory(8 * int(covered.sum()) * _n_buckets(self.bias, self.max_length),
                          f"learning a bias over max_distance={self.bias.size - 1} distances")
-        problem = self._layout(flat, indptr, y, w_covered, self.bias)
+        if config.sentinel:
+            # Every pair with something to copy is laid out: its prompt also holds the
+            # sentinel (token K, the largest: the last entry of every prompt), which is its
+            # output when the output is not in the prompt (then generated for sure).
+            problem = self._layout(*_with_sentinel(flat, indptr, K), np.where(covered, y, K),
+                                   np.where(copyable, w, 0.0), self.bias)
+        else:
+            problem = self._layout(flat, indptr, y, w_covered, self.bias)
         self.problem = problem
         self.ql = q - self.q0  # column of every pair within the block
         self.y, self.w, self.covered, self.copyable = y, w, covered, copyable
         self.rows = problem.rows  # input pair of each layout prompt (the covered pairs)
+        # The pairs whose output may have been copied (with a sentinel, the layout also holds
+        # those that can only have been generated).
+        self.copy_rows = self.rows[covered[self.rows]] if config.sentinel else self.rows
+        if config.sentinel:  # what _pair_copy_p reads, once
+            self.rows_covered = covered[self.rows].astype(np.float64)
+            self.sentinel_entry = problem.indptr[1:] - 1
         sizes = np.diff(problem.indptr[problem.col_ptr]).astype(np.float64)
         self.chunks = balanced_chunks(np.flatnonzero(sizes > 0), sizes, self.n_jobs)
         self.w_rows = w[self.rows]
@@ -1017,8 +1105,8 @@ class _EMBlock:
         self.key_col = self.keys // K - self.q0
         # The inner steps visit the pairs that may be copied (the covered ones), grouped by
         # base-chain key (hence by column), and take the others' weight as generated.
-        key_rows = self.key_of[self.rows]
-        self.rows_by_key = self.rows[np.argsort(key_rows, kind="stable")]
+        key_rows = self.key_of[self.copy_rows]
+        self.rows_by_key = self.copy_rows[np.argsort(key_rows, kind="stable")]
         self.w_by_key = w[self.rows_by_key]
         self.pair_ptr = np.zeros(self.keys.size + 1, np.int64)
         np.cumsum(np.bincount(key_rows, minlength=self.keys.size), out=self.pair_ptr[1:])
@@ -1053,8 +1141,8 @@ class _EMBlock:
         K, unk = self.K, self.config.unknown_id
         dist_weight = np.exp(bias - bias.max())
         if like is None:
-            problem = build_columns(flat, indptr, K, y, w_covered, n_jobs=self.n_jobs,
-                                    dist_weight=dist_weight)
+            problem = build_columns(flat, indptr, K + self.config.sentinel, y, w_covered,
+                                    n_jobs=self.n_jobs, dist_weight=dist_weight)
         else:
             count = np.empty_like(like.count)
             run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows,
@@ -1065,7 +1153,7 @@ class _EMBlock:
             # The unknown token's local index in each column (-1: absent), spread over the
             # entries: two passes over the parameters and one over the entries.
             is_unk = problem.id_tokens == unk
-            local_unk = np.full(K, -1, np.int32)
+            local_unk = np.full(problem.n_tokens, -1, np.int32)
             local_unk[problem.id_query[is_unk]] = (np.flatnonzero(is_unk)
                                                    - problem.id_ptr[problem.id_query[is_unk]])
             per_prompt = np.repeat(local_unk, np.diff(problem.col_ptr))
@@ -1127,17 +1215,30 @@ class _EMBlock:
 
     # ------------------------------------------------------------------ pieces
     def copy_proba(self, theta):
-        """``C(y_i | x_i)`` of every pair (0 where not copyable); the entry probabilities
-        computed on the way start the next M-step from ``theta``."""
-        out = np.zeros(self.ql.size)
+        """``C(y_i | x_i)`` of every pair (0 where not copyable; see :meth:`_pair_copy_p`);
+        the entry probabilities computed on the way start the next M-step from ``theta``."""
+        vals = np.empty(self.rows.size)
+        kept = EntryProba(np.empty(self.problem.indptr[-1]), np.empty(self.rows.size))
         if self.rows.size:
-            vals = np.empty(self.rows.size)
-            kept = EntryProba(np.empty(self.problem.indptr[-1]), np.empty(self.rows.size))
             run_threads(_kernels.layout_output_proba, self.chunks, self.problem.layout, theta,
                         vals, kept.entry, kept.nll)
             self._proba = (theta, kept)
-            out[self.rows] = vals
-        return out
+        return self._pair_copy_p(vals, kept.entry)
+
+    def _pair_copy_p(self, out_p, entry):
+        """The copy probabilities of every pair from those of the layout prompts' outputs,
+        ``out_p``, and, with a sentinel, their entries' (``entry``): a row of ``lam C`` (0
+        where not copyable) over a row of ``1 - lam`` (the sentinel's attention)."""
+        n = self.ql.size
+        if not self.config.sentinel:
+            copy_p = np.zeros(n)
+            copy_p[self.rows] = out_p
+            return copy_p
+        copy_p = np.zeros((2, n))
+        copy_p[1] = 1.0
+        copy_p[0, self.rows] = out_p * self.rows_covered
+        copy_p[1, self.rows] = entry[self.sentinel_entry]
+        return copy_p
 
     def prior_base(self, c):
         """``sum_q sum_y beta_q u_y log B[y, q]`` over the block's columns in O(pairs + K):
@@ -1170,8 +1271,13 @@ class _EMBlock:
         probabilities ``copy_p``; ``log_p`` receives ``log P(y_i | x_i)`` unless empty."""
         col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
         r = np.empty(self.ql.size)
-        _kernels.mixture_posterior(self.ql, self.copyable, lam, copy_p, c, self.key_of,
-                                   col_total, self.beta, self.u_y, r, log_p)
+        if self.config.sentinel:
+            copy_j, gen = copy_p
+        else:
+            lam_pair = np.where(self.copyable, lam[self.ql], 0.0)
+            copy_j, gen = lam_pair * copy_p, 1.0 - lam_pair
+        _kernels.mixture_posterior(self.ql, copy_j, gen, c, self.key_of, col_total, self.beta,
+                                   self.u_y, r, log_p)
         return r
 
     def _sums(self, r):
@@ -1189,14 +1295,21 @@ class _EMBlock:
         none over the prompts."""
         cfg = self.config
         wr, c = self._sums(evaluation.r)
-        lam = params.lam if cfg.shared else _copy_weight(wr, self.n_per_query, cfg.a, cfg.b)
+        lam = (params.lam if cfg.shared or cfg.sentinel
+               else _copy_weight(wr, self.n_per_query, cfg.a, cfg.b))
         if n_steps == 0:
             return lam, c
-        # In place: a per-query lam is the fresh array above; a shared one is not written.
+        copy_p = evaluation.copy_p
+        if cfg.sentinel:  # each pair's own copy weight, fixed with the logits
+            pair_copy, pair_gen = copy_p[0, self.rows_by_key], copy_p[1, self.rows_by_key]
+        else:
+            pair_copy, pair_gen = copy_p[self.rows_by_key], _NO_SENTINEL
+        # In place: a per-query lam is the fresh array above; a shared one (or the
+        # sentinel's placeholder) is not written.
         run_threads(_kernels.mixture_em_steps, self.inner_chunks, n_steps, self.key_ptr,
-                    self.pair_ptr, self.w_by_key, evaluation.copy_p[self.rows_by_key],
-                    self.prior_key, self.beta, self.n_per_query, float(cfg.a), float(cfg.b),
-                    cfg.shared, lam, c, self.c_fixed, wr)
+                    self.pair_ptr, self.w_by_key, pair_copy, pair_gen, self.prior_key,
+                    self.beta, self.n_per_query, float(cfg.a), float(cfg.b), cfg.shared, lam,
+                    c, self.c_fixed, wr)
         return lam, c
 
     # ------------------------------------------------------------------ EM steps
@@ -1212,6 +1325,8 @@ class _EMBlock:
             np.cumsum(np.bincount(self.keys // K, minlength=K), out=key_ptr[1:])
             c = _kernels.csc_gather(*csc_parts(counts), key_ptr,
                                     (self.keys % K).astype(np.int32))
+            if self.config.sentinel:  # ECME's step from there (EM's needs r in {0, 1})
+                return self.cm_step(theta, self._no_lam(), c)
             r = self.responsibilities(_Params(theta, np.asarray(lam)[self.q0 : self.q1],
                                               c))[0]
         else:
@@ -1225,12 +1340,17 @@ class _EMBlock:
         ``cold_start``), closed forms for the base-chain counts and the per-query copy
         weights (the shared one is the driver's)."""
         cfg = self.config
-        weighted = replace(self.problem, weight=self.w_rows * r[self.rows])
+        # With a sentinel, only from the data (r is 1 on the covered pairs, 0 elsewhere):
+        # each laid out pair attended its output, or the sentinel when generated.
+        weighted = (self.problem if cfg.sentinel
+                    else replace(self.problem, weight=self.w_rows * r[self.rows]))
         # The CCMC's loss as the mixture's with outputs never generated (log-odds -inf): one
         # compiled solver for both steps, so a mixture fit compiles only the one.
         never = np.full(self.rows.size, -np.inf)
         theta, copy_p = self._newton(weighted, theta, never, cold_start)
         wr, c = self._sums(r)
+        if cfg.sentinel:
+            return _Params(theta, self._no_lam(), c, copy_p=copy_p)
         if cfg.shared:
             return _Params(theta, None, c, float(wr.sum()), copy_p)
         return _Params(theta, _copy_weight(wr, self.n_per_query, cfg.a, cfg.b), c,
@@ -1247,7 +1367,10 @@ class _EMBlock:
         col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
         base = (c[key] + self.prior_key[key]) / (col_total[q] + self.beta[q])  # B[y, q]
         with np.errstate(divide="ignore"):
-            log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
+            if cfg.sentinel:  # the odds of generating come with the sentinel's attention
+                log_odds = np.where(self.covered[self.rows], np.log(base), -np.inf)
+            else:
+                log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
         # The layout's weights are already w (of the covered pairs): no responsibilities.
         theta, copy_p = self._newton(self.problem, theta, log_odds, False)
         if cfg.shared:
@@ -1268,11 +1391,14 @@ class _EMBlock:
                                  max_iter=cfg.newton_steps, solver="newton-cg",
                                  n_jobs=self.n_jobs, info_max=-1, cold_start=cold_start,
                                  output_proba=True, chunks=self.chunks, start_proba=start,
-                                 keep_proba=True, log_odds=log_odds)
+                                 keep_proba=True, log_odds=log_odds, sentinel=cfg.sentinel)
         self._proba = (theta, solution.proba)
-        copy_p = np.zeros(self.ql.size)
-        copy_p[self.rows] = solution.output_proba
-        return theta, copy_p
+        return theta, self._pair_copy_p(solution.output_proba, solution.proba.entry)
+
+    def _no_lam(self):
+        """The copy weights' place in the parameters with a sentinel (each prompt has its
+        own): constant, so that SQUAREM leaves it."""
+        return np.full(self.nq, 0.5)
 
     def step(self, params, evaluation=None, quiet=False):
         """One iteration from ``params``: the E-step (unless ``evaluation`` holds it), EM
@@ -1299,6 +1425,8 @@ class _EMBlock:
             r, log_p, copy_p = self.responsibilities(params)
             with np.errstate(divide="ignore"):
                 prior_lam = cfg.a * np.log(params.lam) + cfg.b * np.log1p(-params.lam)
+            if cfg.sentinel:  # no copy weights of their own: no prior
+                prior_lam = prior_lam[:0]
             if cfg.shared:  # one weight for all: its prior counts once, in the first block
                 prior_lam = prior_lam[: 1 if self.q0 == 0 else 0]
             parts = (float(self.w @ log_p), float(params.theta @ params.theta),
@@ -1329,10 +1457,26 @@ class _EMBlock:
         theta = centre_columns(params.theta.copy(), problem.id_ptr)
         report = report_from_columns(problem, dominant=False)
         # Every parameter lies in the block's columns, so id_ptr[q0] is 0.
+        id_sizes = np.diff(problem.id_ptr[self.q0 : self.q1 + 1])
+        id_tokens, lam, sentinel = problem.id_tokens, params.lam, None
+        if self.config.sentinel:
+            # Each column's last parameter is its sentinel logit (token K, the largest).
+            last = np.cumsum(id_sizes)[id_sizes > 0] - 1
+            sentinel = np.zeros(self.nq)
+            sentinel[id_sizes > 0] = theta[last]
+            keep = np.ones(theta.size, bool)
+            keep[last] = False
+            theta, id_tokens = theta[keep], id_tokens[keep]
+            id_sizes = id_sizes - (id_sizes > 0)
+            copy_p = params.copy_p if params.copy_p is not None else self.copy_proba(
+                params.theta)
+            n = np.bincount(self.ql, weights=self.w * self.copyable, minlength=self.nq)
+            lam = np.bincount(self.ql, weights=self.w * (1.0 - copy_p[1]), minlength=self.nq)
+            lam = np.divide(lam, n, out=np.zeros(self.nq), where=n > 0)
         return _FittedBlock(
-            self.q0, self.q1, np.diff(problem.id_ptr[self.q0 : self.q1 + 1]),
-            problem.id_tokens, theta, params.lam, self.keys, params.c, self.beta,
-            int(report.n_free_params), int((self.n_per_query > 0).sum()), float(self.w.sum()))
+            self.q0, self.q1, id_sizes, id_tokens, theta, lam, self.keys, params.c, self.beta,
+            int(report.n_free_params), int((self.n_per_query > 0).sum()), float(self.w.sum()),
+            sentinel)
 
 
 @dataclass(eq=False)
@@ -1488,8 +1632,12 @@ class _EM:
     def initial(self, previous=None):
         """Parameters after a first M-step (see :meth:`_EMBlock.initial`); ``previous`` is a
         fitted estimator to start from."""
-        prev = None if previous is None else self.run.share(
-            (previous.ccmc_.logits, previous.copy_weight_, previous.base_chain_.counts))
+        prev = None
+        if previous is not None:
+            logits = previous.ccmc_.logits
+            if self.config.sentinel:
+                logits = _with_sentinel_logits(logits, getattr(previous, "sentinel_", None))
+            prev = self.run.share((logits, previous.copy_weight_, previous.base_chain_.counts))
         return self._with_lam(self.run.map(_EMBlock.initial, self.blocks, prev))
 
     def _evaluate(self, point, quiet=False):

@@ -90,6 +90,10 @@ def dense_size_check(n_rows, n_cols, what):
         )
 
 
+#: ``log_norm`` of :func:`~ccmc_estim._kernels.entry_log_proba` when not wanted.
+_NO_NORM = np.empty(0)
+
+
 class CCMC:
     """Context-conditioned Markov chain: the exact model of a tied one-layer attention layer.
 
@@ -214,7 +218,7 @@ class CCMC:
 
     def _entry_log_proba(self, stats):
         return _kernels.entry_log_proba(*self._csc, stats.indptr, stats.tokens, stats.logc,
-                                        stats.query)
+                                        stats.query, _NO_NORM)
 
     def support_block(self, support):
         """Dense logits ``logits[support][:, support]`` among a few tokens (0 where missing)."""

@@ -348,6 +348,8 @@ def _equal_mixtures(ref, est, rtol=1e-10):
     np.testing.assert_allclose(est.objective_trace_, ref.objective_trace_, rtol=rtol, atol=0)
     np.testing.assert_allclose(est.ccmc_.toarray(), ref.ccmc_.toarray(), rtol=rtol, atol=rtol)
     np.testing.assert_allclose(est.copy_weight_, ref.copy_weight_, rtol=rtol, atol=rtol)
+    if ref.sentinel_ is not None:
+        np.testing.assert_allclose(est.sentinel_, ref.sentinel_, rtol=rtol, atol=rtol)
     np.testing.assert_allclose(est.base_chain_.toarray(), ref.base_chain_.toarray(), rtol=rtol,
                                atol=rtol)
     np.testing.assert_array_equal(est.base_chain_.prior_weight, ref.base_chain_.prior_weight)
@@ -359,7 +361,8 @@ def _equal_mixtures(ref, est, rtol=1e-10):
 
 
 @pytest.mark.parametrize("copy_weight, acceleration",
-                         [("per_query", None), ("shared", None), ("per_query", "squarem")])
+                         [("per_query", None), ("shared", None), ("per_query", "squarem"),
+                          ("sentinel", None)])
 def test_mixture_fit_equals_in_memory(client, mixture_data, copy_weight, acceleration, capsys):
     X, y, w = mixture_data
     kw = dict(copy_weight=copy_weight, acceleration=acceleration, tol=1e-8)

@@ -150,7 +150,7 @@ def _mixture_loss_reference(theta, prompts, outputs, weight, cd, log_odds):
     return float(-(weight * np.log(c + np.exp(log_odds))).sum())
 
 
-def _mixture_eval(theta, args, log_odds):
+def _mixture_eval(theta, args, log_odds, sentinel=False):
     """The mixture's loss by :func:`column_mixture_nll_grad`, checked against the same from
     kept probabilities (:func:`column_mixture_grad`), which must give the same bits."""
     indptr, local, count, y_entry, weight = args
@@ -158,10 +158,10 @@ def _mixture_eval(theta, args, log_odds):
     prob, nll = np.empty(local.size), np.empty(n_prompts)
     grad, w_rho, w_var = np.empty_like(theta), np.empty(n_prompts), np.empty(n_prompts)
     f = _kernels.column_mixture_nll_grad(theta, indptr, local, count, y_entry, weight, log_odds,
-                                         grad, prob, nll, w_rho, w_var)
+                                         sentinel, grad, prob, nll, w_rho, w_var)
     kept = [np.empty_like(grad), np.empty(n_prompts), np.empty(n_prompts)]
-    assert f == _kernels.column_mixture_grad(nll, log_odds, indptr, local, y_entry, weight, prob,
-                                             *kept)
+    assert f == _kernels.column_mixture_grad(nll, log_odds, sentinel, indptr, local, y_entry,
+                                             weight, prob, *kept)
     for x, y in zip((grad, w_rho, w_var), kept, strict=True):
         np.testing.assert_array_equal(x, y)
     return f, grad, prob, w_rho, w_var
@@ -194,7 +194,7 @@ def test_mixture_loss_gradient_and_hvp_against_brute_force_and_finite_difference
                      for e in np.eye(n)])
     v = rng.standard_normal(n)
     hv = np.empty(n)
-    _kernels.column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, prob, hv)
+    _kernels.column_mixture_hessp(v, indptr, local, y_entry, w_rho, w_var, False, prob, hv)
     np.testing.assert_allclose(hv, hess @ v, rtol=1e-5, atol=1e-6)
     # Not the CCMC Hessian at the weights w rho (EM's): the hidden information is missing
     # from that one.
@@ -211,6 +211,62 @@ def test_mixture_loss_gradient_and_hvp_against_brute_force_and_finite_difference
         for t in (-700.0, 700.0):
             f, grad, *_ = _mixture_eval(theta, args, np.full(indptr.size - 1, t))
             assert np.isfinite(f) and np.isfinite(grad).all()
+
+
+def test_sentinel_mixture_loss_against_brute_force_and_finite_differences(rng):
+    """The mixture with a sentinel (the copy weight of a prompt is its attention against a
+    sentinel logit, the column's largest token): the value by brute force, the gradient and
+    the exact Hessian-vector product by finite differences, the kept-probability path to
+    the last bit."""
+    from scipy.special import logsumexp
+
+    K = 6  # the sentinel is token K, in every prompt; outputs are tokens or the sentinel
+    prompts = [np.append(rng.integers(0, K, size=rng.integers(0, 8)), [K, 0]) for _ in range(60)]
+    outputs = np.array([rng.choice(p[:-2]) if p.size > 2 and rng.random() < 0.7 else K
+                        for p in prompts])
+    weight = rng.uniform(0.2, 2.0, size=len(prompts))
+    cd = columns_from_stats(prompt_stats(prompts, K + 1), outputs, weight)
+    a, b = cd.col_ptr[0], cd.col_ptr[1]
+    indptr = cd.indptr[a : b + 1]
+    args = (indptr, cd.local, cd.count, cd.y_entry, cd.weight)
+    theta = 1.5 * rng.standard_normal(cd.n_params)
+    log_b = np.log(rng.uniform(0.01, 0.5, size=len(prompts)))
+    # Layout order is the prompts' order in one column; an output that is the sentinel is
+    # generated for sure (log-odds -inf: its loss is the sentinel's CCMC loss).
+    covered = outputs != K
+    log_odds = np.where(covered, log_b, -np.inf)
+    assert (cd.id_tokens[cd.id_ptr[1] - 1] == K) and (~covered).any()
+    ids = cd.id_tokens[cd.id_ptr[0] : cd.id_ptr[1]]
+
+    def reference(th):
+        out = 0.0
+        for p, y, w, lb, cov in zip(prompts, outputs, weight, log_b, covered, strict=True):
+            tok, cnt = np.unique(p, return_counts=True)
+            z = th[np.searchsorted(ids, tok)] + np.log(cnt)
+            lse = logsumexp(z)
+            if cov:
+                out -= w * (np.logaddexp(z[tok == y][0], th[-1] + lb) - lse)
+            else:
+                out -= w * (th[-1] - lse)
+        return out
+
+    f, grad, prob, _, w_var = _mixture_eval(theta, args, log_odds, sentinel=True)
+    assert f == pytest.approx(reference(theta), rel=1e-12)
+    h = 1e-6
+    n = theta.size
+    fd = np.array([(reference(theta + h * e) - reference(theta - h * e)) / (2 * h)
+                   for e in np.eye(n)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7)
+    hess = np.array([(_mixture_eval(theta + h * e, args, log_odds, True)[1]
+                      - _mixture_eval(theta - h * e, args, log_odds, True)[1]) / (2 * h)
+                     for e in np.eye(n)])
+    v = rng.standard_normal(n)
+    hv = np.empty(n)
+    _kernels.column_mixture_hessp(v, indptr, cd.local, cd.y_entry, cd.weight[a:b], w_var, True,
+                                  prob, hv)
+    np.testing.assert_allclose(hv, hess @ v, rtol=1e-5, atol=1e-6)
+    # Without the sentinel the same numbers are another loss (the per-query mixture's).
+    assert _mixture_eval(theta, args, log_odds)[0] != pytest.approx(f, rel=1e-6)
 
 
 def test_mixture_em_steps_against_numpy(rng):
@@ -232,16 +288,19 @@ def test_mixture_em_steps_against_numpy(rng):
     lam0 = rng.uniform(0.05, 0.95, nq)
     c0 = rng.uniform(0, 5, n_keys)
 
-    def numpy_steps(n_steps, shared):
+    own = rng.uniform(0.05, 0.95, n)  # each pair's own copy weight (a sentinel's attention)
+
+    def numpy_steps(n_steps, shared, sentinel):
         lam, c = lam0.copy(), c0.copy()
         for _ in range(n_steps):
             total = np.bincount(key_col, weights=c, minlength=nq)
-            cp = lam[q] * copy
-            base = (1 - lam[q]) * (c[key] + beta[q] * u) / (total[q] + beta[q])
+            lam_i = own if sentinel else lam[q]
+            cp = lam_i * copy
+            base = (1 - lam_i) * (c[key] + beta[q] * u) / (total[q] + beta[q])
             r = cp / (cp + base)
             wr = np.bincount(q, weights=w * r, minlength=nq)
             c = np.bincount(key, weights=w * (1 - r), minlength=n_keys)
-            if not shared:
+            if not (shared or sentinel):
                 lam = (wr + a) / (n_q + a + b)
         return lam, c, wr
 
@@ -251,15 +310,18 @@ def test_mixture_em_steps_against_numpy(rng):
     fixed = np.setdiff1d(np.arange(n), act)
     c_fixed = np.bincount(key[fixed], weights=w[fixed], minlength=n_keys)
     key_ptr = np.concatenate([[0], np.cumsum(np.bincount(key_col, minlength=nq))])
-    for n_steps, shared in ((1, True), (4, False), (4, True)):
-        lam_ref, c_ref, wr_ref = numpy_steps(n_steps, shared)
+    for n_steps, shared, sentinel in ((1, True, False), (4, False, False), (4, True, False),
+                                      (4, False, True)):
+        lam_ref, c_ref, wr_ref = numpy_steps(n_steps, shared, sentinel)
+        pair_copy = (own * copy)[act] if sentinel else copy[act]
+        pair_gen = (1 - own)[act] if sentinel else np.empty(0)
         results = []
         for split in ([np.arange(nq)], [np.arange(1, nq, 2), np.arange(0, nq, 2)]):
             lam, c, wr = lam0.copy(), c0.copy(), np.full(nq, np.nan)
             for cols in split:
-                _kernels.mixture_em_steps(cols, n_steps, key_ptr, ptr, w[act], copy[act],
-                                          beta[key_col] * u_key, beta, n_q, a, b, shared, lam,
-                                          c, c_fixed, wr)
+                _kernels.mixture_em_steps(cols, n_steps, key_ptr, ptr, w[act], pair_copy,
+                                          pair_gen, beta[key_col] * u_key, beta, n_q, a, b,
+                                          shared, lam, c, c_fixed, wr)
             np.testing.assert_allclose(wr, wr_ref, rtol=1e-12)
             np.testing.assert_allclose(c, c_ref, rtol=1e-12)
             np.testing.assert_allclose(lam, lam_ref, rtol=1e-12)

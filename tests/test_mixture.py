@@ -26,13 +26,14 @@ from ccmc_estim import (
 )
 
 
-def _random_mixture(rng, K, unknown_id=None, bias=None):
+def _random_mixture(rng, K, unknown_id=None, bias=None, sentinel=False):
     W = rng.normal(0, 1.5, (K, K))
     counts = sparse.csc_array(rng.poisson(2.0, (K, K)) * (rng.random((K, K)) < 0.4))
     u = rng.dirichlet(np.ones(K))
     chain = BaseChain(counts, rng.uniform(0.5, 3, K), u)
     ccmc = CCMC(W) if bias is None else PositionalCCMC(W, bias)
-    return MixtureCCMC(ccmc, chain, rng.uniform(0.1, 0.9, K), unknown_id)
+    return MixtureCCMC(ccmc, chain, rng.uniform(0.1, 0.9, K), unknown_id,
+                       rng.normal(1.0, 1.5, K) if sentinel else None)
 
 
 def _reference_proba(model, prompts):
@@ -51,17 +52,21 @@ def _reference_proba(model, prompts):
         if model.unknown_id is not None:
             m[model.unknown_id] = 0
         c = m * np.exp(W[:, q])
+        Z = c.sum()
         c = c / c.sum() if c.sum() > 0 else c
         base = (B[:, q] + beta[q] * u) / (B[:, q].sum() + beta[q])
         lam = model.copy_weight[q] if c.sum() > 0 else 0.0  # nothing to copy: generate
+        if model.sentinel is not None:  # the prompt's attention against the sentinel
+            lam = Z / (Z + np.exp(model.sentinel[q]))
         out.append(lam * c + (1 - lam) * base)
     return np.array(out)
 
 
+@pytest.mark.parametrize("sentinel", [False, True])
 @pytest.mark.parametrize("bias", [None, [0.0, 1.5, -0.7, 0.3]])
 @pytest.mark.parametrize("unknown_id", [None, 0])
-def test_probabilities_match_numpy_twin(rng, unknown_id, bias):
-    model = _random_mixture(rng, 7, unknown_id, bias)
+def test_probabilities_match_numpy_twin(rng, unknown_id, bias, sentinel):
+    model = _random_mixture(rng, 7, unknown_id, bias, sentinel)
     prompts = [rng.integers(0, 7, rng.integers(1, 9)) for _ in range(40)]
     prompts.append(np.array([0, 0]))  # only the unknown token: nothing can be copied
     P = model.predict_proba(prompts)
@@ -244,7 +249,7 @@ def test_m_steps_start_from_the_last_probabilities(monkeypatch):
     assert cached.n_bias_iter_ > 0
 
 
-@pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
+@pytest.mark.parametrize("copy_weight", ["per_query", "shared", "sentinel"])
 def test_warm_start_continues_from_the_previous_fit(copy_weight):
     # The previous logits, copy weights and base-chain counts: the refit on the same data
     # starts no higher than where the first fit ended, and goes on down.
@@ -502,11 +507,10 @@ def test_bias_step_likelihood_against_brute_force(rng):
         assert g[d] == pytest.approx(fd, rel=1e-6, abs=1e-6)
 
 
-def test_positional_mixture_generation_and_files(rng, tmp_path):
-    model = _random_mixture(rng, 6, unknown_id=5, bias=np.array([0.0, 2.5, -1.0, 0.4]))
-    prompt = np.array([1, 3, 2, 5, 4, 1, 0, 2])
-    # The marginals of three steps with a window of 6, by enumerating the paths with
-    # predict_proba, against 60,000 generated trajectories (chi-square, 5 degrees of freedom).
+def _check_three_steps(model, prompt):
+    """The marginals of three generated steps with a window of 6, by enumerating the paths
+    with predict_proba, against 60,000 generated trajectories (chi-square, 5 degrees of
+    freedom)."""
     window, n = 6, 60_000
     paths = {(): 1.0}
     for _ in range(3):
@@ -521,6 +525,12 @@ def test_positional_mixture_generation_and_files(rng, tmp_path):
     for k in range(3):
         f = np.bincount(out[:, k], minlength=6) / n
         assert n * np.sum((f - exact[k]) ** 2 / exact[k]) < 25  # p = 1e-4
+
+
+def test_positional_mixture_generation_and_files(rng, tmp_path):
+    model = _random_mixture(rng, 6, unknown_id=5, bias=np.array([0.0, 2.5, -1.0, 0.4]))
+    prompt = np.array([1, 3, 2, 5, 4, 1, 0, 2])
+    _check_three_steps(model, prompt)
     save_model(model, tmp_path / "m.npz")
     back = load_model(tmp_path / "m.npz").model
     np.testing.assert_array_equal(back.ccmc.position_bias, model.ccmc.position_bias)
@@ -729,3 +739,87 @@ def test_expected_counts_are_the_per_column_and_per_key_sums(rng):
     keys = q.astype(np.int64) * K + y
     np.testing.assert_allclose(c, [np.sum(w * (1 - r) * (keys == k)) for k in block.keys],
                                rtol=1e-14)
+
+
+# --------------------------------------------------------------------------- sentinel
+@pytest.mark.parametrize("seed", range(3))
+def test_sentinel_em_is_monotone_deterministic_and_scores_its_objective(seed):
+    rng = np.random.default_rng(seed)
+    model = _random_mixture(rng, int(rng.integers(3, 9)), sentinel=True)
+    X, y = _simulate(model, rng, 1500, int(rng.integers(2, 12)))
+    alpha = float(rng.uniform(0.1, 3))
+    for acceleration, inner_steps in itertools.product(("squarem", None), (5, 0)):
+        est = MixtureCCMCEstimator(alpha=alpha, acceleration=acceleration,
+                                   inner_steps=inner_steps, copy_weight="sentinel").fit(X, y)
+        trace = est.objective_trace_
+        assert np.all(np.diff(trace) <= 1e-10 * abs(trace[0])), np.diff(trace).max()
+        again = clone(est).fit(X, y)
+        np.testing.assert_array_equal(again.objective_trace_, trace)
+        np.testing.assert_array_equal(again.sentinel_, est.sentinel_)
+    # The objective is minus the model's log-likelihood plus the penalty of the copy part's
+    # logits, sentinel logits included (centring moves both alike and keeps the model).
+    ll = est.score_samples(X, y).sum()
+    assert est.log_likelihood_ == pytest.approx(ll, rel=1e-12)
+    # The stored copy weight is each query's mean attention over its training prompts.
+    lam = est.model_._parts(X)[2]
+    q = X[:, -1]
+    np.testing.assert_allclose(est.copy_weight_[q[0]], lam[q == q[0]].mean(), rtol=1e-10)
+
+
+def test_sentinel_recovers_known_parameters():
+    rng = np.random.default_rng(1)
+    K = 6
+    W = rng.normal(0, 1.0, (K, K))
+    counts = sparse.csc_array(np.full((K, K), 1000.0) * rng.dirichlet(np.ones(K), K).T)
+    sentinel = rng.normal(1.0, 0.7, K)
+    truth = MixtureCCMC(CCMC(W), BaseChain(counts, np.zeros(K), np.full(K, 1 / K)),
+                        np.full(K, 0.5), sentinel=sentinel)
+    X, y = _simulate(truth, rng, 60_000, 5)
+    est = MixtureCCMCEstimator(alpha=1e-3, tol=1e-10, copy_weight="sentinel").fit(X, y)
+    # Logits and sentinel are identified up to one shift per column.
+    shift = W.mean(axis=0) - est.ccmc_.toarray().mean(axis=0)
+    np.testing.assert_allclose(est.sentinel_ + shift, sentinel, atol=0.15)
+    assert np.sqrt(np.mean((est.ccmc_.toarray() + shift - W) ** 2)) < 0.2
+    Xt, yt = _simulate(truth, rng, 20_000, 5)
+    np.testing.assert_allclose(est.predict_proba(Xt[:200]), truth.predict_proba(Xt[:200]),
+                               atol=0.03)
+    assert est.score(Xt, yt) > truth.log_likelihood(Xt, yt).mean() - 0.005
+    # A per-query copy weight is another model: it explains these data less well.
+    per_query = MixtureCCMCEstimator(alpha=1e-3).fit(X, y)
+    assert per_query.score(Xt, yt) < est.score(Xt, yt) - 0.005
+
+
+def test_sentinel_generation_follows_the_model_and_files_keep_it(rng, tmp_path):
+    # With a bias by distance too: the attention against the sentinel is exp(W + b) summed.
+    model = _random_mixture(rng, 6, unknown_id=5, bias=np.array([0.0, 2.5, -1.0, 0.4]),
+                            sentinel=True)
+    prompt = np.array([1, 3, 2, 5, 4, 1, 0, 2])
+    _check_three_steps(model, prompt)
+    save_model(model, tmp_path / "m.npz")
+    back = load_model(tmp_path / "m.npz").model
+    np.testing.assert_array_equal(back.sentinel, model.sentinel)
+    np.testing.assert_array_equal(back.predict_proba([prompt]), model.predict_proba([prompt]))
+    import pickle
+
+    again = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba([prompt]), model.predict_proba([prompt]))
+    assert not again.sentinel.flags.writeable
+
+
+def test_sentinel_storage_and_refusals():
+    rng = np.random.default_rng(5)
+    model = _random_mixture(rng, 7, unknown_id=0, sentinel=True)
+    X, y = _simulate(model, rng, 2000, 6)
+    kw = dict(copy_weight="sentinel", unknown_id=0, tol=1e-9)
+    dense = MixtureCCMCEstimator(sparse=False, **kw).fit(X, y)
+    sp = MixtureCCMCEstimator(sparse=True, **kw).fit(X, y)
+    np.testing.assert_array_equal(dense.sentinel_, sp.sentinel_)
+    np.testing.assert_allclose(sp.predict_proba(X[:100]), dense.predict_proba(X[:100]),
+                               rtol=1e-13, atol=1e-15)
+    # The sentinel logits count among the free parameters, no copy weight does.
+    per_query = MixtureCCMCEstimator(unknown_id=0).fit(X, y)
+    assert dense.n_free_params_ == per_query.n_free_params_
+    with pytest.raises(ValueError, match="position bias"):
+        MixtureCCMCEstimator(copy_weight="sentinel", max_distance=3).fit(X, y)
+    with pytest.raises(ValueError, match="ecme"):
+        MixtureCCMCEstimator(copy_weight="sentinel", algorithm="em").fit(X, y)
