@@ -121,6 +121,20 @@ def test_fit_with_a_learned_position_bias(capsys, corpus, tmp_path, model):
     assert code == 0 and len(out.split()) == 8
 
 
+def test_fit_a_mixture_with_a_sentinel(capsys, corpus, tmp_path):
+    path, _, _ = fit(capsys, corpus, tmp_path, "--copy-weight", "sentinel", "-q")
+    loaded = load_model(path)
+    assert loaded.params["copy_weight"] == "sentinel"
+    assert loaded.model.sentinel is not None and loaded.model.sentinel.shape == (loaded.n_tokens,)
+    code, out, _ = run(capsys, "generate", path, "--prompt", "the cat sat", "-n", 8,
+                       "--seed", 0, "-q")
+    assert code == 0 and len(out.split()) == 8
+    for extra in (("--model", "ccmc"), ("--max-distance", "3")):
+        code, _, err = run(capsys, "fit", corpus / "train.txt", "-o", tmp_path / "x.npz",
+                           "--copy-weight", "sentinel", *extra, "-q")
+        assert code != 0 and "--copy-weight" in err
+
+
 def test_tokenizers(capsys, tmp_path):
     (tmp_path / "chars.txt").write_text("abracadabra abracadabra\n" * 5)
     path = tmp_path / "c.npz"
