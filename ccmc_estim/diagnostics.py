@@ -311,20 +311,26 @@ class IdentifiabilityReport:
         return IdentifiabilityDisplay.from_result(self, ax=ax, **kwargs)
 
 
+def n_free_params(id_ptr):
+    """Free parameters of column logits laid out by ``id_ptr``: the query is in every prompt
+    of its column, so a column's co-occurrence graph is a star around it, one component (one
+    free shift) per queried column."""
+    sizes = np.diff(id_ptr)
+    return int(sizes.sum() - np.count_nonzero(sizes))
+
+
 def report_from_columns(cd, dominant=True, sparse=False):
     """:class:`IdentifiabilityReport` of a column problem (with outputs when it has them)."""
     graphs = _column_graphs(cd)
     sizes = np.diff(cd.id_ptr)
-    # The query is in every prompt of its column, so a column's co-occurrence graph is a star
-    # around it: one component (one free shift) per queried column.
-    n_components = (sizes > 0).astype(np.int64)
+    n_components = (sizes > 0).astype(np.int64)  # see n_free_params
     report = IdentifiabilityReport(
         n_tokens=cd.n_tokens,
         n_prompts=np.diff(cd.col_ptr),
         queried=sizes > 0,
         n_components=n_components,
         components={},
-        n_free_params=int(sizes.sum() - n_components.sum()),
+        n_free_params=n_free_params(cd.id_ptr),
         sparse=bool(sparse),
         id_ptr=cd.id_ptr,
         id_tokens=cd.id_tokens,

@@ -40,7 +40,7 @@ from ._stats import (
     n_threads,
     number,
 )
-from .diagnostics import report_from_columns, use_sparse
+from .diagnostics import n_free_params, use_sparse
 from .distributed import is_dask_collection
 from .estimator import _HashableTokens, centre_columns
 from .model import CCMC, PositionalCCMC, check_position_bias, dense_size_check
@@ -1455,7 +1455,6 @@ class _EMBlock:
         estimator's attributes need."""
         problem = self.problem
         theta = centre_columns(params.theta.copy(), problem.id_ptr)
-        report = report_from_columns(problem, dominant=False)
         # Every parameter lies in the block's columns, so id_ptr[q0] is 0.
         id_sizes = np.diff(problem.id_ptr[self.q0 : self.q1 + 1])
         id_tokens, lam, sentinel = problem.id_tokens, params.lam, None
@@ -1475,7 +1474,7 @@ class _EMBlock:
             lam = np.divide(lam, n, out=np.zeros(self.nq), where=n > 0)
         return _FittedBlock(
             self.q0, self.q1, id_sizes, id_tokens, theta, lam, self.keys, params.c, self.beta,
-            int(report.n_free_params), int((self.n_per_query > 0).sum()), float(self.w.sum()),
+            n_free_params(problem.id_ptr), int((self.n_per_query > 0).sum()), float(self.w.sum()),
             sentinel)
 
 
