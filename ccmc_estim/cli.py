@@ -522,6 +522,9 @@ def cmd_report(args, out):
         say("position bias   " + " ".join(f"{v:.3f}" for v in b[:16])
             + (" ..." if b.size > 16 else ""))
     if mf.kind == "MixtureCCMC":
+        if model.sentinel is not None:
+            say("copy weight     each prompt's own (attention against a sentinel); below, "
+                "each query's mean over its training prompts")
         lam = np.asarray(model.copy_weight)
         q = np.quantile(lam, [0.0, 0.25, 0.5, 0.75, 1.0])
         say(f"copy weights    mean {lam.mean():.3f}; min {q[0]:.3f}, quartiles {q[1]:.3f} "

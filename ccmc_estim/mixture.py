@@ -247,8 +247,8 @@ class MixtureCCMC:
         Sentinel logits ``s_q``: when given, the copy weight of a prompt is its own, its copy
         part's attention against the sentinel, ``lam = Z / (Z + exp(s_q))`` with ``Z`` the sum
         of ``exp(W[x_j, q])`` over the prompt's positions (the pointer-sentinel mixture), and
-        ``copy_weight`` serves only reports (a fit stores there the mean copy weight of each
-        query's training prompts).
+        ``copy_weight`` serves only reports (a fit stores there each query's mean copy weight
+        over its training prompts that hold something to copy).
 
     Examples
     --------
@@ -506,8 +506,11 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         positions (the pointer-sentinel mixture of Merity et al., 2017): prompts that hold
         tokens the query attends to strongly copy more.  The sentinel logits are fitted
         with the copy logits (penalised with them by ``alpha``) and ``copy_prior`` does not
-        apply; ``copy_weight_`` then holds each query's mean over its training prompts.
-        Not with a position bias or ``algorithm="em"``.
+        apply; ``copy_weight_`` then holds each query's mean (weighted by ``sample_weight``)
+        over its training prompts that hold something to copy.  A query never seen with
+        something to copy keeps ``s_q = 0`` and logits 0, the column centre: its prompts
+        copy with weight ``n / (n + 1)`` for ``n`` copyable positions.  Not with a position
+        bias or ``algorithm="em"``.
     unknown_id : int or None, default=None
         A token never copied (e.g. ``Vocabulary.unknown_id``, 0): its occurrences in prompts
         are ignored by the copy part; as an output it is scored by the base chain only.
@@ -572,7 +575,8 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
     base_chain_ : BaseChain
     copy_weight_ : ndarray of shape (K,)
         ``lam_q`` per query (all equal with ``copy_weight="shared"``; with
-        ``copy_weight="sentinel"``, the mean copy weight of the query's training prompts).
+        ``copy_weight="sentinel"``, its weighted mean over the query's training prompts that
+        hold something to copy, 0 for a query without any).
     sentinel_ : ndarray of shape (K,) or None
         The sentinel logits ``s_q`` with ``copy_weight="sentinel"`` (column-centred with the
         copy logits; 0 for a query without pairs to copy), None otherwise.
@@ -727,7 +731,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
             bias[: previous.size] = previous
             bias[previous.size :] = previous[-1]
         sentinel = self.copy_weight == "sentinel"
-        if sentinel and (bias.size > 1 or np.any(bias != 0)):
+        if sentinel and bias.size > 1:
             raise ValueError("copy_weight='sentinel' does not take a position bias "
                              "(max_distance or position_bias).")
         if sentinel and self.algorithm == "em":
@@ -925,7 +929,8 @@ class _Params:
     ``lam`` is None between a block's M-step and the driver's shared copy weight, for which
     the block gives ``wr``, its sum of ``w * r``.  ``copy_p``, when known, is the copy
     probability of every pair at ``theta`` (the M-step's last evaluation computed it: the
-    E-step at its result then needs no pass over the prompts).
+    E-step at its result then needs no pass over the prompts); with a sentinel, shape
+    ``(2, n)``: ``lam C`` over ``1 - lam`` (see ``_EMBlock._pair_copy_p``).
     """
 
     theta: np.ndarray

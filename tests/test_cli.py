@@ -129,6 +129,8 @@ def test_fit_a_mixture_with_a_sentinel(capsys, corpus, tmp_path):
     code, out, _ = run(capsys, "generate", path, "--prompt", "the cat sat", "-n", 8,
                        "--seed", 0, "-q")
     assert code == 0 and len(out.split()) == 8
+    code, out, _ = run(capsys, "report", path)
+    assert code == 0 and "attention against a sentinel" in out
     for extra in (("--model", "ccmc"), ("--max-distance", "3")):
         code, _, err = run(capsys, "fit", corpus / "train.txt", "-o", tmp_path / "x.npz",
                            "--copy-weight", "sentinel", *extra, "-q")

@@ -760,10 +760,17 @@ def test_sentinel_em_is_monotone_deterministic_and_scores_its_objective(seed):
     # logits, sentinel logits included (centring moves both alike and keeps the model).
     ll = est.score_samples(X, y).sum()
     assert est.log_likelihood_ == pytest.approx(ll, rel=1e-12)
-    # The stored copy weight is each query's mean attention over its training prompts.
+    # The stored copy weight is each query's mean attention over its training prompts that
+    # hold something to copy, weighted.
+    w = rng.uniform(0.5, 2.0, y.size)
+    est = MixtureCCMCEstimator(copy_weight="sentinel", unknown_id=0).fit(X, y, sample_weight=w)
     lam = est.model_._parts(X)[2]
     q = X[:, -1]
-    np.testing.assert_allclose(est.copy_weight_[q[0]], lam[q == q[0]].mean(), rtol=1e-10)
+    has = (X != 0).any(axis=1)
+    for k in np.unique(q):
+        sel = (q == k) & has
+        expected = np.average(lam[sel], weights=w[sel]) if sel.any() else 0.0
+        np.testing.assert_allclose(est.copy_weight_[k], expected, rtol=1e-10, atol=1e-300)
 
 
 def test_sentinel_recovers_known_parameters():
@@ -816,9 +823,15 @@ def test_sentinel_storage_and_refusals():
     np.testing.assert_array_equal(dense.sentinel_, sp.sentinel_)
     np.testing.assert_allclose(sp.predict_proba(X[:100]), dense.predict_proba(X[:100]),
                                rtol=1e-13, atol=1e-15)
-    # The sentinel logits count among the free parameters, no copy weight does.
-    per_query = MixtureCCMCEstimator(unknown_id=0).fit(X, y)
-    assert dense.n_free_params_ == per_query.n_free_params_
+    # The sentinel logits count among the free parameters, each column's shift does not, and
+    # no copy weight does: the sentinel fit's logits replace the per-query fit's copy weights.
+    assert dense.n_free_params_ == sp.n_free_params_
+    n_base = dense.n_free_params_ - sp.ccmc_.logits.nnz
+    per_query = MixtureCCMCEstimator(unknown_id=0, sparse=True).fit(X, y)
+    n_cols = np.count_nonzero(np.diff(per_query.ccmc_.logits.indptr))
+    assert per_query.n_free_params_ == (per_query.ccmc_.logits.nnz - n_cols
+                                        + np.unique(X[(X != 0).any(axis=1), -1]).size
+                                        + n_base)
     with pytest.raises(ValueError, match="position bias"):
         MixtureCCMCEstimator(copy_weight="sentinel", max_distance=3).fit(X, y)
     with pytest.raises(ValueError, match="ecme"):
