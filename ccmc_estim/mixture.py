@@ -343,6 +343,22 @@ class MixtureCCMC:
             lam = np.exp(log_norm - np.logaddexp(log_norm, self.sentinel[stats.query]))
         return np.where(has, lam, 0.0)
 
+    def prompt_copy_weights(self, prompts):
+        """The copy weight of each prompt, shape ``(n,)``: its query's ``lam_q``, or with a
+        sentinel its attention ``Z / (Z + exp(s_q))``; 0 for a prompt with nothing to copy.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from scipy import sparse
+        >>> from ccmc_estim import CCMC, BaseChain, MixtureCCMC
+        >>> chain = BaseChain(sparse.csc_array((3, 3)), np.ones(3), np.full(3, 1 / 3))
+        >>> model = MixtureCCMC(CCMC(np.zeros((3, 3))), chain, [0.5] * 3, sentinel=np.zeros(3))
+        >>> model.prompt_copy_weights([[1, 2], [2, 2, 1, 2]]).round(3)  # Z = 2 and 4
+        array([0.667, 0.8  ])
+        """
+        return self._parts(prompts)[2]
+
     def log_likelihood(self, prompts, outputs):
         """``log P(y | prompt)`` of each pair, shape ``(n,)``; finite for every token."""
         return self._pair_log_proba(prompts, outputs)[0]

@@ -74,3 +74,25 @@ ax.set_ylabel("bias b[d]")
 ax.set_title("Learned copy bias by distance")
 fig.tight_layout()
 plt.show()
+
+# %%
+# A copy weight per prompt.  With ``copy_weight="sentinel"`` each prompt decides how much to
+# copy: its copy part's attention against a learned sentinel logit of its query,
+# ``lam = Z / (Z + exp(s_q))``.  A prompt holding tokens its query attends to strongly copies
+# more, so the copy weights of one query spread out instead of sharing one value.
+sentinel = MixtureCCMCEstimator(unknown_id=0, n_tokens=vocab.n_tokens_,
+                                copy_weight="sentinel").fit(X, y)
+print(f"held-out mean log-likelihood: {est.score(Xt, yt):.4f} with a copy weight per query, "
+      f"{sentinel.score(Xt, yt):.4f} with one per prompt")
+lam = sentinel.model_.prompt_copy_weights(Xt)
+fig, ax = plt.subplots(figsize=(8, 3))
+for name in ("(", "."):
+    q = vocab.index_[name]
+    ax.hist(lam[Xt[:, -1] == q], bins=30, range=(0, 1), alpha=0.6,
+            label=f"after {name!r} (per-query weight {est.copy_weight_[q]:.2f})")
+ax.set_xlabel("copy weight of the prompt")
+ax.set_ylabel("held-out prompts")
+ax.legend()
+ax.set_title("Copy weights per prompt (sentinel)")
+fig.tight_layout()
+plt.show()

@@ -764,7 +764,7 @@ def test_sentinel_em_is_monotone_deterministic_and_scores_its_objective(seed):
     # hold something to copy, weighted.
     w = rng.uniform(0.5, 2.0, y.size)
     est = MixtureCCMCEstimator(copy_weight="sentinel", unknown_id=0).fit(X, y, sample_weight=w)
-    lam = est.model_._parts(X)[2]
+    lam = est.model_.prompt_copy_weights(X)
     q = X[:, -1]
     has = (X != 0).any(axis=1)
     for k in np.unique(q):
