@@ -1392,7 +1392,8 @@ class _EMBlock:
                 log_odds = np.where(self.covered[self.rows], np.log(base), -np.inf)
             else:
                 log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
-        # The layout's weights are already w (of the covered pairs): no responsibilities.
+        # The layout's weights are already w (of the covered pairs; with a sentinel, of every
+        # pair with something to copy): no responsibilities.
         theta, copy_p = self._newton(self.problem, theta, log_odds, False)
         if cfg.shared:
             r = self._posterior(lam, c, copy_p, np.empty(0))
@@ -1490,7 +1491,7 @@ class _EMBlock:
             id_sizes = id_sizes - (id_sizes > 0)
             copy_p = params.copy_p if params.copy_p is not None else self.copy_proba(
                 params.theta)
-            n = np.bincount(self.ql, weights=self.w * self.copyable, minlength=self.nq)
+            n = self.n_per_query  # the weight of each query's pairs with something to copy
             lam = np.bincount(self.ql, weights=self.w * (1.0 - copy_p[1]), minlength=self.nq)
             lam = np.divide(lam, n, out=np.zeros(self.nq), where=n > 0)
         return _FittedBlock(
