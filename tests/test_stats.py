@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ccmc_estim._columns import build_columns, columns_from_stats
+from ccmc_estim._kernels import RANK_SORT_MAX
 from ccmc_estim._stats import check_outputs, prompt_stats, validate_prompts
 
 
@@ -48,6 +49,31 @@ def test_ragged_matches_per_prompt(rng):
         np.testing.assert_array_equal(s.tokens[seg], toks)
         np.testing.assert_array_equal(s.counts[seg], cnt)
         assert s.query[i] == p[-1]
+
+
+def test_many_distinct_tokens_sorted(rng):
+    # Up to RANK_SORT_MAX distinct tokens a prompt's are sorted by rank, more by heapsort:
+    # both must give the sorted histogram, in the statistics and in the column layout.
+    K = 500
+    prompts = [rng.integers(0, K, size=n) for n in (1, 2, 40, 63, 64, 65, 66, 67, 90, 400)]
+    distinct = [np.unique(p).size for p in prompts]
+    assert min(distinct) < RANK_SORT_MAX < max(distinct)
+    assert RANK_SORT_MAX in distinct or RANK_SORT_MAX + 1 in distinct
+    s = prompt_stats(prompts, n_tokens=K)
+    flat, indptr, _ = validate_prompts(prompts, n_tokens=K)
+    cd = build_columns(flat, indptr, K, None, np.ones(len(prompts)))
+    for i, p in enumerate(prompts):
+        toks, cnt = np.unique(p, return_counts=True)
+        np.testing.assert_array_equal(s.tokens[s.indptr[i] : s.indptr[i + 1]], toks)
+        np.testing.assert_array_equal(s.counts[s.indptr[i] : s.indptr[i + 1]], cnt)
+        r = np.flatnonzero(cd.rows == i)[0]
+        q = p[-1]
+        ids = cd.id_tokens[cd.id_ptr[q] + cd.local[cd.indptr[r] : cd.indptr[r + 1]]]
+        np.testing.assert_array_equal(ids, toks)
+        np.testing.assert_array_equal(cd.count[cd.indptr[r] : cd.indptr[r + 1]], cnt)
+    for q in range(K):  # every column's identified tokens sorted, up to 400 of them
+        ids = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]]
+        assert (np.diff(ids) > 0).all()
 
 
 def test_permuting_non_last_tokens_keeps_statistics(rng):
