@@ -1076,8 +1076,8 @@ def copy_weights(wr, n, a, b, out):
 
 
 @njit(cache=True, nogil=True)
-def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, pair_gen, prior, beta,
-                     n_per_query, a, b, shared, lam, c, c_fixed, wr):
+def mixture_em_steps(cols, n_steps, tol, key_ptr, pair_ptr, pair_w, pair_copy, pair_gen, prior,
+                     beta, n_per_query, a, b, shared, lam, c, c_fixed, wr):
     """``n_steps`` EM steps of the copy-and-generate mixture for its copy weights ``lam`` and
     base chain at fixed copy probabilities, in the columns ``cols``, each column's steps
     together (its data stay in cache).  Column ``q`` holds the base chain's keys
@@ -1087,8 +1087,10 @@ def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, pair_g
     copied.  A step takes every such pair's posterior copy probability ``r`` at ``lam`` and
     the expected counts ``c``, then sets ``wr[q] = sum w r``, ``c[k] = c_fixed[k] + sum w
     (1 - r)`` and, unless ``shared`` (the driver's), ``lam[q] = copy_weight(wr[q],
-    n_per_query[q], a, b)``, all in place.  Columns do not interact: any split of them gives
-    the same numbers.
+    n_per_query[q], a, b)``, all in place.  A column stops before ``n_steps`` once a step
+    has moved none of its counts, nor its copy weight times ``n_per_query[q]``, by more than
+    ``tol`` times its weight ``sum c + beta_q`` (the further steps would change little; 0:
+    all steps).  Columns do not interact: any split of them gives the same numbers.
 
     Unless ``pair_gen`` is empty, every pair has a copy weight of its own (its attention
     against a sentinel, fixed with the copy logits): ``pair_copy`` is then ``lam C`` and
@@ -1120,10 +1122,16 @@ def mixture_em_steps(cols, n_steps, key_ptr, pair_ptr, pair_w, pair_copy, pair_g
                     g += pair_w[i] * (1.0 - r)
                 c_new[k - k0] = g
             wr[q] = s
+            moved = 0.0
             for k in range(k0, k1):
+                moved = max(moved, abs(c_new[k - k0] - c[k]))
                 c[k] = c_new[k - k0]
             if not (shared or own):
-                lam[q] = copy_weight(s, n_per_query[q], a, b)
+                lam_new = copy_weight(s, n_per_query[q], a, b)
+                moved = max(moved, abs(lam_new - lam[q]) * n_per_query[q])
+                lam[q] = lam_new
+            if moved <= tol * (total + beta[q]):
+                break
 
 
 @njit(cache=True)

@@ -544,7 +544,9 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
         iteration, after the one that follows the E-step and before the logits' step (a
         shared copy weight stays fixed in them: it couples every column).  EM couples these
         with the responsibilities slowly, and each of their steps is one pass over the pairs
-        that can be copied, none over the prompts.
+        that can be copied, none over the prompts.  A column's steps stop early once one
+        moves none of its base-chain counts (nor its copy weight, in copied weight) by more
+        than ``tol / 100`` of its weight.
         0 with ``algorithm="em"`` gives plain EM.
     max_distance : int, default=0
         A learned bias ``b[d]`` per distance ``d = 1..max_distance`` from the end of the prompt
@@ -1327,10 +1329,10 @@ class _EMBlock:
             pair_copy, pair_gen = copy_p[self.rows_by_key], _NO_SENTINEL
         # In place: a per-query lam is the fresh array above; a shared one (or the
         # sentinel's placeholder) is not written.
-        run_threads(_kernels.mixture_em_steps, self.inner_chunks, n_steps, self.key_ptr,
-                    self.pair_ptr, self.w_by_key, pair_copy, pair_gen, self.prior_key,
-                    self.beta, self.n_per_query, float(cfg.a), float(cfg.b), cfg.shared, lam,
-                    c, self.c_fixed, wr)
+        run_threads(_kernels.mixture_em_steps, self.inner_chunks, n_steps, cfg.column_tol,
+                    self.key_ptr, self.pair_ptr, self.w_by_key, pair_copy, pair_gen,
+                    self.prior_key, self.beta, self.n_per_query, float(cfg.a), float(cfg.b),
+                    cfg.shared, lam, c, self.c_fixed, wr)
         return lam, c
 
     # ------------------------------------------------------------------ EM steps

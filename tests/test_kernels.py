@@ -310,18 +310,23 @@ def test_mixture_em_steps_against_numpy(rng):
     fixed = np.setdiff1d(np.arange(n), act)
     c_fixed = np.bincount(key[fixed], weights=w[fixed], minlength=n_keys)
     key_ptr = np.concatenate([[0], np.cumsum(np.bincount(key_col, minlength=nq))])
+
+    def kernel_steps(n_steps, tol, pair_copy, pair_gen, shared, split):
+        lam, c, wr = lam0.copy(), c0.copy(), np.full(nq, np.nan)
+        for cols in split:
+            _kernels.mixture_em_steps(cols, n_steps, tol, key_ptr, ptr, w[act], pair_copy,
+                                      pair_gen, beta[key_col] * u_key, beta, n_q, a, b, shared,
+                                      lam, c, c_fixed, wr)
+        return lam, c, wr
+
     for n_steps, shared, sentinel in ((1, True, False), (4, False, False), (4, True, False),
                                       (4, False, True)):
         lam_ref, c_ref, wr_ref = numpy_steps(n_steps, shared, sentinel)
         pair_copy = (own * copy)[act] if sentinel else copy[act]
-        pair_gen = (1 - own)[act] if sentinel else np.empty(0)
+        pair = (pair_copy, (1 - own)[act] if sentinel else np.empty(0))
         results = []
         for split in ([np.arange(nq)], [np.arange(1, nq, 2), np.arange(0, nq, 2)]):
-            lam, c, wr = lam0.copy(), c0.copy(), np.full(nq, np.nan)
-            for cols in split:
-                _kernels.mixture_em_steps(cols, n_steps, key_ptr, ptr, w[act], pair_copy,
-                                          pair_gen, beta[key_col] * u_key, beta, n_q, a, b,
-                                          shared, lam, c, c_fixed, wr)
+            lam, c, wr = kernel_steps(n_steps, 0.0, *pair, shared, split)
             np.testing.assert_allclose(wr, wr_ref, rtol=1e-12)
             np.testing.assert_allclose(c, c_ref, rtol=1e-12)
             np.testing.assert_allclose(lam, lam_ref, rtol=1e-12)
@@ -329,6 +334,16 @@ def test_mixture_em_steps_against_numpy(rng):
         # Columns do not interact: the threads' split of them changes no bit.
         for x, y in zip(*results, strict=True):
             np.testing.assert_array_equal(x, y)
+        # A tolerance stops a column once its steps no longer move it: any tolerance after
+        # the first step, and a small one near where all the steps end.
+        whole = [np.arange(nq)]
+        for x, y in zip(kernel_steps(n_steps, np.inf, *pair, shared, whole),
+                        kernel_steps(1, 0.0, *pair, shared, whole), strict=True):
+            np.testing.assert_array_equal(x, y)
+        far = kernel_steps(3000, 0.0, *pair, shared, whole)
+        near = kernel_steps(3000, 1e-9, *pair, shared, whole)
+        for x, y in zip(far, near, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6)
 
 
 @pytest.mark.parametrize("solver", ["newton-cg", "newton"])
