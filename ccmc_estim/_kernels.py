@@ -619,12 +619,13 @@ def _mixture_prompt(i, nll, t, weight, w_rho, w_var):
         w_rho[i] = w
         w_var[i] = 0.0
         return w * nll
-    hi = a if a > t else t
-    lse = hi + np.log(np.exp(a - hi) + np.exp(t - hi))
-    rho = np.exp(a - lse)
+    # One exponential: the smaller term over the larger, e <= 1.
+    e = np.exp(-abs(a - t))
+    inv = 1.0 / (1.0 + e)
+    rho = inv if a >= t else e * inv
     w_rho[i] = w * rho
-    w_var[i] = w * rho * np.exp(t - lse)
-    return -w * lse
+    w_var[i] = w * rho * (e * inv if a >= t else inv)
+    return -w * ((a if a >= t else t) + np.log1p(e))
 
 
 @njit(**_NOGIL)
