@@ -1126,6 +1126,8 @@ class _EMBlock:
         self.keys, self.key_of, self.beta = _bigram_keys(q, y, K, config.smoothing, self.q0,
                                                          self.q1)
         self.key_col = self.keys // K - self.q0
+        # The column and base-chain key of every layout prompt, which each logits' step reads.
+        self.rows_q, self.rows_key = self.ql[self.rows], self.key_of[self.rows]
         # The inner steps visit the pairs that may be copied (the covered ones), grouped by
         # base-chain key (hence by column), and take the others' weight as generated.
         key_rows = self.key_of[self.copy_rows]
@@ -1385,13 +1387,12 @@ class _EMBlock:
         counts ``c``.  A shared copy weight then takes its EM step at the new logits (the
         driver's, from the blocks' ``wr``)."""
         cfg = self.config
-        q = self.ql[self.rows]
-        key = self.key_of[self.rows]
+        q, key = self.rows_q, self.rows_key
         col_total = np.bincount(self.key_col, weights=c, minlength=self.nq)
         base = (c[key] + self.prior_key[key]) / (col_total[q] + self.beta[q])  # B[y, q]
         with np.errstate(divide="ignore"):
             if cfg.sentinel:  # the odds of generating come with the sentinel's attention
-                log_odds = np.where(self.covered[self.rows], np.log(base), -np.inf)
+                log_odds = np.log(base * self.rows_covered)  # -inf: generated for sure
             else:
                 log_odds = np.log1p(-lam[q]) + np.log(base) - np.log(lam[q])
         # The layout's weights are already w (of the covered pairs; with a sentinel, of every
