@@ -754,7 +754,7 @@ class MixtureCCMCEstimator(_HashableTokens, ClassifierMixin, BaseEstimator):
                              "(max_distance or position_bias).")
         if sentinel and self.algorithm == "em":
             raise ValueError("copy_weight='sentinel' is fitted by algorithm='ecme' only.")
-        return _EMConfig(self.alpha, self.newton_steps, 0.01 * self.tol, self.inner_steps,
+        return _EMConfig(self.alpha, self.newton_steps, float(0.01 * self.tol), self.inner_steps,
                          self.copy_weight == "shared", a, b, self.smoothing, self.unknown_id,
                          self.n_jobs, bias, learn and bias.size > 1, self.algorithm == "ecme",
                          sentinel)

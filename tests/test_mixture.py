@@ -117,6 +117,18 @@ def test_em_is_monotone_and_deterministic(seed):
         np.testing.assert_array_equal(again.copy_weight_, est.copy_weight_)
 
 
+@pytest.mark.parametrize("copy_weight", ["per_query", "sentinel"])
+def test_numpy_scalar_tolerances(rng, copy_weight):
+    # A tolerance of any real type reaches compiled code as a float (a float16 one would not
+    # compile): the fit equals the one at the same value as a Python float.
+    model = _random_mixture(rng, 6)
+    X, y = _simulate(model, rng, 600, 8)
+    ref = MixtureCCMCEstimator(copy_weight=copy_weight, tol=float(np.float16(1e-3))).fit(X, y)
+    for tol in (np.float16(1e-3), np.float32(np.float16(1e-3))):
+        est = MixtureCCMCEstimator(copy_weight=copy_weight, tol=tol).fit(X, y)
+        np.testing.assert_array_equal(est.objective_trace_, ref.objective_trace_)
+
+
 @pytest.mark.parametrize("copy_weight", ["per_query", "shared"])
 def test_inner_steps_and_ecme_change_the_path_not_the_optimum(copy_weight):
     rng = np.random.default_rng(7)
