@@ -716,7 +716,7 @@ def build_parser():
                    default="per_query",
                    help="the mixture's copy weight: one per query (default), one for all, or "
                         "one per prompt from its attention against a learned sentinel "
-                        "(better on real text, about 1.3 to 1.7 times the fit time; not with "
+                        "(better on real text, about 1.3 to 1.9 times the fit time; not with "
                         "--max-distance)")
     p.add_argument("--max-vocab", type=_int_type(2, None), default=None,
                    metavar="N", help="largest vocabulary, the unknown token included; rarer "
