@@ -119,7 +119,7 @@ def csc_parts(matrix):
 
 
 def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
-                  query=None, pos_weight=None, n_jobs=1, order=None):
+                  query=None, pos_weight=None, n_jobs=1, order=None, sentinel=False):
     """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
 
     ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
@@ -128,9 +128,14 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     (see ``_stats.check_covered``); ``dist_weight`` as in ``_kernels.prompt_counts``.  Up to
     ``n_jobs`` threads lay out disjoint ranges of columns.  ``order``, when given, is the
     prompts to lay out, of positive weight and stably sorted by query (:func:`query_order`):
-    a slice of it lays out a range of columns.
+    a slice of it lays out a range of columns.  With ``sentinel``, every prompt also holds
+    the token ``n_tokens - 1`` (never in ``flat``) before its first, counted as a token
+    there (the copy-and-generate mixture's sentinel, laid out without a copy of the prompts).
     """
     n = indptr.size - 1
+    if sentinel and pos_weight is not None:
+        raise ValueError("a sentinel is counted by distance: no pos_weight.")
+    extra = n_tokens - 1 if sentinel else -1
     if query is None:
         query = flat[indptr[1:] - 1]
     if weight is None:
@@ -151,8 +156,8 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     common = (flat, indptr, order, col_ptr)
     ent_ptr = np.zeros(order.size + 1, np.int64)
     id_ptr = np.zeros(n_tokens + 1, np.int64)
-    run_threads(lambda r: _kernels.layout_sizes(*common, *r, n_tokens, ent_ptr[1:], id_ptr[1:]),
-                ranges)
+    run_threads(lambda r: _kernels.layout_sizes(*common, *r, n_tokens, extra, ent_ptr[1:],
+                                                id_ptr[1:]), ranges)
     np.cumsum(ent_ptr, out=ent_ptr)
     np.cumsum(id_ptr, out=id_ptr)
     nnz = int(ent_ptr[-1])
@@ -160,8 +165,8 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     count = np.empty(nnz)
     y_entry = np.empty(order.size if y.size else 0, np.int64)
     id_tokens = np.empty(int(id_ptr[-1]), np.int32)
-    run_threads(lambda r: _kernels.layout_fill(*common, *r, y, n_tokens, dist_weight, pw,
-                                               ent_ptr, id_ptr, local, count, y_entry,
+    run_threads(lambda r: _kernels.layout_fill(*common, *r, y, n_tokens, extra, dist_weight,
+                                               pw, ent_ptr, id_ptr, local, count, y_entry,
                                                id_tokens), ranges)
     return ColumnProblem(
         n_tokens=n_tokens,

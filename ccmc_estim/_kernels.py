@@ -50,35 +50,35 @@ def logsumexp_inplace(z, a, b, normalise):
 
 
 # --------------------------------------------------------------------------- statistics
-#: Distinct values sorted by rank at most (see :func:`_sort_small`): the size of its scratch.
+#: Distinct values sorted by rank at most (see :func:`_sorted_into`); more are heapsorted.
 RANK_SORT_MAX = 64
 
 
 @njit(cache=True, nogil=True)
-def _sort_small(a, lo, hi, scratch):
-    """Sort the distinct values ``a[lo:hi]`` in place.
+def _sorted_into(src, n, dst, lo):
+    """The distinct values ``src[:n]`` sorted into ``dst[lo:lo + n]``.
 
-    Up to ``scratch.size`` of them (a prompt's distinct tokens) each goes straight to its rank,
-    the number of smaller ones: comparisons without branches, two to three times faster on
-    the prompts of real text than insertion or heapsort, whose branches mispredict about
-    every other comparison.  More of them are heapsorted."""
-    n = hi - lo
-    if n <= scratch.size:
+    Up to ``RANK_SORT_MAX`` of them (a prompt's distinct tokens) each goes straight to its
+    rank, the number of smaller ones: comparisons without branches, two to three times
+    faster on the prompts of real text than insertion or heapsort, whose branches mispredict
+    about every other comparison.  More of them are copied and heapsorted."""
+    if n <= RANK_SORT_MAX:
         for i in range(n):
-            scratch[i] = a[lo + i]
-        for i in range(n):
-            v = scratch[i]
+            v = src[i]
             r = 0
             for j in range(n):
-                r += scratch[j] < v
-            a[lo + r] = v
+                r += src[j] < v
+            dst[lo + r] = v
         return
+    for i in range(n):
+        dst[lo + i] = src[i]
     # Heapsort by hand, in one loop, rather than ``ndarray.sort``: numba's quicksort costs
     # seconds of compilation on the first fit, and sorted integers are the same whatever
     # the method.  First ``start`` goes down building the heap, then ``end`` goes down
     # moving its top to the back; both sift the value at ``start`` down.
-    start = (hi - lo) // 2
-    end = hi - lo
+    a = dst
+    start = n // 2
+    end = n
     while end > 1:
         if start > 0:
             start -= 1
@@ -101,26 +101,27 @@ def _sort_small(a, lo, hi, scratch):
 
 
 @njit(cache=True, nogil=True)
-def _histogram(flat, a, b, stamp, mark, cnt, out, pos, dist_weight, pos_weight, scratch):
-    """Distinct tokens of ``flat[a:b]`` written sorted to ``out[pos:]``; their counts left in
-    ``cnt``: a token at distance ``d`` from the end counts ``dist_weight[min(d, len - 1)]``, or
-    ``pos_weight[j]`` at flat position ``j`` when ``pos_weight`` is not empty.  Returns the end
-    position."""
+def _histogram(flat, a, b, stamp, mark, cnt, buf, dist_weight, pos_weight):
+    """The distinct tokens of ``flat[a:b]`` into ``buf`` (at least ``b - a`` long), in the
+    order of their first occurrence; returns their number and leaves their counts in
+    ``cnt``: a token at distance ``d`` from the end counts ``dist_weight[min(d, len - 1)]``,
+    or ``pos_weight[j]`` at flat position ``j`` when ``pos_weight`` is not empty.
+
+    Without branches on whether a token is new (every token is written, the position moves
+    on for new ones): in real text about one token in three is, a branch on it mispredicts
+    that often, and the layout took a third longer."""
     last = dist_weight.size - 1
     by_pos = pos_weight.size > 0
-    start = pos
+    n = 0
     for j in range(a, b):
         t = flat[j]
-        if mark[t] != stamp:
-            mark[t] = stamp
-            cnt[t] = 0.0
-            out[pos] = t
-            pos += 1
-        cnt[t] += pos_weight[j] if by_pos else dist_weight[min(b - 1 - j, last)]
-    # Sorted tokens make every sum over a prompt independent of the order of its non-last
-    # tokens, down to the last bit.
-    _sort_small(out, start, pos, scratch)
-    return pos
+        new = mark[t] != stamp
+        mark[t] = stamp
+        buf[n] = t
+        n += new
+        c = 0.0 if new else cnt[t]
+        cnt[t] = c + (pos_weight[j] if by_pos else dist_weight[min(b - 1 - j, last)])
+    return n
 
 
 @njit(cache=True)
@@ -135,22 +136,24 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
     mark = np.full(n_tokens, -1, np.int64)
     nd = np.empty(n + 1, np.int64)
     nd[0] = 0
+    most = 1
     for i in range(n):
         d = 0
         for j in range(indptr[i], indptr[i + 1]):
             t = flat[j]
-            if mark[t] != i:
-                mark[t] = i
-                d += 1
+            d += mark[t] != i
+            mark[t] = i
         nd[i + 1] = nd[i] + d
+        most = max(most, indptr[i + 1] - indptr[i])
     tokens = np.empty(nd[n], np.int32)
     counts = np.empty(nd[n], np.float64)
     cnt = np.zeros(n_tokens, np.float64)
     mark[:] = -1
-    scratch = np.empty(RANK_SORT_MAX, np.int32)
+    buf = np.empty(most, np.int32)
     for i in range(n):
-        _histogram(flat, indptr[i], indptr[i + 1], i, mark, cnt, tokens, nd[i], dist_weight,
-                   np.empty(0), scratch)
+        m = _histogram(flat, indptr[i], indptr[i + 1], i, mark, cnt, buf, dist_weight,
+                       np.empty(0))
+        _sorted_into(buf, m, tokens, nd[i])
         for j in range(nd[i], nd[i + 1]):
             counts[j] = cnt[tokens[j]]
     return nd, tokens, counts
@@ -181,7 +184,7 @@ def output_entries(indptr, tokens, outputs):
 
 
 @njit(cache=True, nogil=True)
-def layout_sizes(flat, indptr, order, col_ptr, q0, q1, n_tokens, ent_len, n_id):
+def layout_sizes(flat, indptr, order, col_ptr, q0, q1, n_tokens, extra, ent_len, n_id):
     """First pass of the column-block layout (see :func:`layout_fill`) over the columns
     ``q0:q1``: the number of distinct tokens of every layout prompt ``r`` into ``ent_len[r]``
     and of every column ``q`` into ``n_id[q]``."""
@@ -197,20 +200,23 @@ def layout_sizes(flat, indptr, order, col_ptr, q0, q1, n_tokens, ent_len, n_id):
         for r in range(col_ptr[q], col_ptr[q + 1]):
             i = order[r]
             d = 0
+            # Without branches, as in _histogram: a token new to the prompt or the column.
             for j in range(indptr[i], indptr[i + 1]):
                 t = flat[j]
-                if mark[t] != r:
-                    mark[t] = r
-                    d += 1
-                    if colmark[t] != q:
-                        colmark[t] = q
-                        m += 1
+                d += mark[t] != r
+                mark[t] = r
+                m += colmark[t] != q
+                colmark[t] = q
+            if extra >= 0:
+                d += 1
+                m += colmark[extra] != q
+                colmark[extra] = q
             ent_len[r] = d
         n_id[q] = m
 
 
 @njit(cache=True, nogil=True)
-def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, dist_weight,
+def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, dist_weight,
                 pos_weight, ent_ptr, id_ptr, local, count, y_entry, id_tokens):
     """Second pass of the column-block layout of the prompts ``order`` (grouped by query, see
     ``col_ptr``) over the columns ``q0:q1``, into arrays sized from :func:`layout_sizes`.
@@ -220,8 +226,10 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, dist_we
     prompt) and (weighted) ``count`` of a distinct token, counts as in :func:`_histogram`;
     ``y_entry[r]`` is the entry holding the output (every output must be in its prompt;
     ``outputs`` may be empty); column ``q`` identifies tokens
-    ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Columns are independent: disjoint
-    column ranges can be filled by concurrent threads.
+    ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Unless ``extra`` is -1, every prompt
+    also holds that token (the largest, never in ``flat``) once, before its first, counted
+    by ``dist_weight`` at that distance.  Columns are independent: disjoint column ranges
+    can be filled by concurrent threads.
     """
     mark = np.empty(n_tokens, np.int64)
     colmark = np.empty(n_tokens, np.int64)
@@ -230,26 +238,37 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, dist_we
         colmark[t] = -1
     cnt = np.empty(n_tokens, np.float64)  # set by _histogram before use
     rank = np.empty(n_tokens, np.int32)  # set for a column's tokens before use
-    scratch = np.empty(RANK_SORT_MAX, np.int32)
+    last = dist_weight.size - 1
+    # A prompt's distinct tokens and a column's, each written one past the ones found.
+    most = 0
+    for r in range(col_ptr[q0], col_ptr[q1]):
+        most = max(most, indptr[order[r] + 1] - indptr[order[r]])
+    buf = np.empty(most + 1, np.int32)
+    col_buf = np.empty(n_tokens + 1, np.int32)
     for q in range(q0, q1):
-        pos = id_ptr[q]
+        m = 0
         for r in range(col_ptr[q], col_ptr[q + 1]):
             i = order[r]
+            a = indptr[i]
+            b = indptr[i + 1]
+            n = _histogram(flat, a, b, r, mark, cnt, buf, dist_weight, pos_weight)
+            if extra >= 0:
+                buf[n] = extra
+                cnt[extra] = dist_weight[min(b - a, last)]
+                n += 1
             e0 = ent_ptr[r]
-            _histogram(flat, indptr[i], indptr[i + 1], r, mark, cnt, local, e0, dist_weight,
-                       pos_weight, scratch)
+            _sorted_into(buf, n, local, e0)
             if y_entry.size > 0:
                 y_entry[r] = -1
-            for j in range(e0, ent_ptr[r + 1]):
+            for j in range(e0, e0 + n):
                 t = local[j]
                 count[j] = cnt[t]
-                if colmark[t] != q:
-                    colmark[t] = q
-                    id_tokens[pos] = t
-                    pos += 1
+                col_buf[m] = t
+                m += colmark[t] != q
+                colmark[t] = q
                 if outputs.size > 0 and t == outputs[i]:
                     y_entry[r] = j
-        _sort_small(id_tokens, id_ptr[q], id_ptr[q + 1], scratch)
+        _sorted_into(col_buf, m, id_tokens, id_ptr[q])
         for s in range(id_ptr[q], id_ptr[q + 1]):
             rank[id_tokens[s]] = s - id_ptr[q]
         for j in range(ent_ptr[col_ptr[q]], ent_ptr[col_ptr[q + 1]]):

@@ -1032,19 +1032,6 @@ def _clip_lam(lam):
     return np.clip(lam, _kernels.LAM_MIN, _kernels.LAM_MAX)
 
 
-def _with_sentinel(flat, indptr, n_tokens):
-    """The prompts with the sentinel token ``n_tokens`` added at the start of each (the
-    query stays last)."""
-    n = indptr.size - 1
-    new_ptr = indptr + np.arange(n + 1)
-    out = np.empty(flat.size + n, flat.dtype)
-    is_new = np.zeros(out.size, bool)
-    is_new[new_ptr[:-1]] = True
-    out[is_new] = n_tokens
-    out[~is_new] = flat
-    return out, new_ptr
-
-
 def _with_sentinel_logits(logits, sentinel):
     """``(K + 1, K + 1)`` CSC logits: ``logits`` with the sentinel logits as row ``K`` (0 where
     ``sentinel`` is None) and an empty column ``K``."""
@@ -1106,7 +1093,7 @@ class _EMBlock:
             # Every pair with something to copy is laid out: its prompt also holds the
             # sentinel (token K, the largest: the last entry of every prompt), which is its
             # output when the output is not in the prompt (then generated for sure).
-            problem = self._layout(*_with_sentinel(flat, indptr, K), np.where(covered, y, K),
+            problem = self._layout(flat, indptr, np.where(covered, y, K),
                                    np.where(copyable, w, 0.0), self.bias)
         else:
             problem = self._layout(flat, indptr, y, w_covered, self.bias)
@@ -1167,7 +1154,8 @@ class _EMBlock:
         dist_weight = np.exp(bias - bias.max())
         if like is None:
             problem = build_columns(flat, indptr, K + self.config.sentinel, y, w_covered,
-                                    n_jobs=self.n_jobs, dist_weight=dist_weight)
+                                    n_jobs=self.n_jobs, dist_weight=dist_weight,
+                                    sentinel=self.config.sentinel)
         else:
             count = np.empty_like(like.count)
             run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows,

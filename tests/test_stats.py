@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from ccmc_estim import _columns
 from ccmc_estim._columns import build_columns, columns_from_stats
 from ccmc_estim._kernels import RANK_SORT_MAX
 from ccmc_estim._stats import check_outputs, prompt_stats, validate_prompts
@@ -74,6 +75,30 @@ def test_many_distinct_tokens_sorted(rng):
     for q in range(K):  # every column's identified tokens sorted, up to 400 of them
         ids = cd.id_tokens[cd.id_ptr[q] : cd.id_ptr[q + 1]]
         assert (np.diff(ids) > 0).all()
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_sentinel_laid_out_in_place(rng, monkeypatch, n_jobs):
+    # The mixture's sentinel (token K, never in the prompts) is laid out as if every prompt
+    # began with it: the same layout as of the prompts with it prepended, also for prompts
+    # with more distinct tokens than the rank sort takes, at distance weights, with outputs
+    # on the sentinel, and column by column on several threads.
+    K = 300
+    prompts = [rng.integers(0, K, size=n) for n in rng.integers(1, 90, size=400)]
+    flat, indptr, _ = validate_prompts(prompts, n_tokens=K)
+    y = np.array([p[rng.integers(p.size)] if rng.random() < 0.7 else K for p in prompts])
+    w = rng.uniform(0.5, 2.0, len(prompts)) * (rng.random(len(prompts)) < 0.9)
+    dist = np.exp(-0.1 * np.arange(100))
+    monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)  # several threads on small data
+    with_s = [np.concatenate([[K], p]) for p in prompts]
+    flat_s, indptr_s, _ = validate_prompts(with_s, n_tokens=K + 1)
+    ref = build_columns(flat_s, indptr_s, K + 1, y, w, dist_weight=dist)
+    cd = build_columns(flat, indptr, K + 1, y, w, dist_weight=dist, sentinel=True,
+                       n_jobs=n_jobs)
+    for name in ("col_ptr", "indptr", "local", "count", "y_entry", "weight", "id_ptr",
+                 "id_tokens", "rows"):
+        np.testing.assert_array_equal(getattr(cd, name), getattr(ref, name))
+    assert (cd.id_tokens[cd.id_ptr[1:][np.diff(cd.id_ptr) > 0] - 1] == K).all()
 
 
 def test_permuting_non_last_tokens_keeps_statistics(rng):
@@ -163,8 +188,6 @@ def test_bad_outputs():
 @pytest.mark.parametrize("n_jobs", [2, 3, 7])
 def test_column_layout_threads_give_the_same_layout(rng, monkeypatch, n_jobs):
     """Disjoint column ranges laid out by several threads: the same arrays, bit for bit."""
-    from ccmc_estim import _columns
-
     monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)
     prompts = [rng.integers(0, 9, size=rng.integers(1, 12)) for _ in range(400)]
     outputs = np.array([rng.choice(p) for p in prompts])
