@@ -122,13 +122,13 @@ def _dense_direction(grad, indptr, local, weight, prob, alpha):
 
 @njit(cache=True, nogil=True)
 def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_var, mode,
-                  sentinel):
-    """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance or at a direction
-    of non-positive curvature.  With a 1-D ``mode`` (the mixture's log-odds, see
-    :func:`_solve_columns`), ``H`` is the mixture's Hessian of
-    :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its ``w rho`` (``w`` with a
-    ``sentinel``); the CCMC Hessian's diagonal at those weights, positive, preconditions
-    it."""
+                  sentinel, min_forcing):
+    """Preconditioned CG on ``H d = -g``, truncated at a forcing tolerance (Eisenstat and
+    Walker's, at least ``min_forcing``) or at a direction of non-positive curvature.  With a
+    1-D ``mode`` (the mixture's log-odds, see :func:`_solve_columns`), ``H`` is the
+    mixture's Hessian of :func:`~ccmc_estim._kernels.column_mixture_hessp`, ``weight`` its
+    ``w rho`` (``w`` with a ``sentinel``); the CCMC Hessian's diagonal at those weights,
+    positive, preconditions it."""
     n = grad.size
     diag = np.empty(n)
     column_hess_diag(indptr, local, weight, prob, diag)
@@ -138,7 +138,7 @@ def _cg_direction(grad, indptr, local, weight, prob, alpha, scale, y_entry, w_va
     for k in range(n):
         diag[k] += alpha + 1e-12 * top + 1e-300
     gnorm = np.sqrt(_dot(grad, grad))
-    eta = min(0.5, np.sqrt(gnorm / scale))
+    eta = max(min(0.5, np.sqrt(gnorm / scale)), min_forcing)
     d = np.zeros(n)
     r = np.empty(n)
     z = np.empty(n)
@@ -248,20 +248,20 @@ def _solve_chunk(cols, lay, log_odds, theta, use_cg, settings, out, info_offsets
     The dense and the truncated Newton columns go to two compilations of one compiled loop,
     each made only when first needed: a small first fit never compiles conjugate gradients.
     """
-    alpha, tol, max_iter, cold, sentinel = settings
+    alpha, tol, max_iter, cold, sentinel, min_forcing = settings
     cg = use_cg[cols]
     for part, kind in ((cols[~cg], NEWTON), (cols[cg], NEWTON_CG)):
         if part.size:
             _solve_columns(part, *lay, log_odds, theta, float(alpha), float(tol), int(max_iter),
-                           cold, sentinel, *out, info_offsets, info, info_diag, out_proba,
-                           *proba, kind)
+                           cold, sentinel, min_forcing, *out, info_offsets, info, info_diag,
+                           out_proba, *proba, kind)
 
 
 @njit(cache=True, nogil=True)
 def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_all, id_ptr,
-                   log_odds_all, theta, alpha, tol, max_iter, cold, sentinel, objective, n_iter,
-                   status, info_offsets, info, info_diag, out_proba, prob_in, nll_in, prob_out,
-                   nll_out, kind):
+                   log_odds_all, theta, alpha, tol, max_iter, cold, sentinel, min_forcing,
+                   objective, n_iter, status, info_offsets, info, info_diag, out_proba, prob_in,
+                   nll_in, prob_out, nll_out, kind):
     """The compiled loop of :func:`_solve_chunk`: minimise each column's penalised NLL in place
     by damped Newton steps, then record its information.
 
@@ -365,7 +365,7 @@ def _solve_columns(cols, col_ptr, indptr, local_all, count_all, y_all, weight_al
             w_h = w_rho if mixture and not sentinel else w
             if kind.ndim == 1:  # a constant when compiled: the other branch is not compiled
                 d = _cg_direction(grad, ip, local, w_h, prob, alpha, scale, y, w_var, lo,
-                                  sentinel)
+                                  sentinel, min_forcing)
             else:
                 d = _dense_direction(grad, ip, local, w_h, prob, alpha)
             gd = _dot(grad, d)
@@ -527,7 +527,7 @@ class ColumnSolution:
 
 def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_max=0,
                   cold_start=False, output_proba=False, chunks=None, start_proba=None,
-                  keep_proba=False, log_odds=None, sentinel=False):
+                  keep_proba=False, log_odds=None, sentinel=False, min_forcing=0.0):
     """Solve every column of a :class:`~ccmc_estim._columns.ColumnProblem` in place.
 
     Parameters
@@ -556,6 +556,10 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
         With ``log_odds``: the last entry of every prompt is a sentinel, whose attention is
         the weight of generating, and ``log_odds`` the log-probability of generating the
         output (see :func:`~ccmc_estim._kernels.column_mixture_grad`).
+    min_forcing : float
+        Least forcing term of the truncated Newton steps' conjugate gradients (see
+        ``mixture``'s partial M-steps); 0 keeps Eisenstat and Walker's, which makes the
+        steps converge superlinearly.
     solver : {"auto", "newton", "newton-cg"}
     n_jobs : int
         Number of threads (the compiled solver releases the GIL).
@@ -597,7 +601,8 @@ def solve_columns(problem, theta, *, alpha, tol, max_iter, solver, n_jobs, info_
     info_diag = np.empty(cd.n_params if info_max >= 0 else 0)  # info_max < 0: none at all
     if sentinel and log_odds is None:
         raise ValueError("a sentinel needs log_odds.")
-    settings = (float(alpha), float(tol), int(max_iter), bool(cold_start), bool(sentinel))
+    settings = (float(alpha), float(tol), int(max_iter), bool(cold_start), bool(sentinel),
+                float(min_forcing))
     out = (objective, n_iter, status)
     out_proba = np.full(cd.col_ptr[-1] if output_proba else 0, np.nan)  # NaN: not solved
     if log_odds is not None:

@@ -183,6 +183,41 @@ def test_m_step_skips_solved_columns(monkeypatch):
     assert trace[-1] == pytest.approx(tight.objective_trace_[-1], rel=1e-7)
 
 
+@pytest.mark.parametrize("copy_weight", ["per_query", "sentinel"])
+def test_partial_newton_steps_stop_their_cg_early(monkeypatch, copy_weight):
+    # A lone Newton step per iteration without SQUAREM stops its conjugate gradients at a
+    # residual of a quarter of the gradient (the next E-step poses a new system anyway):
+    # the path changes, the optimum does not.  SQUAREM, whose extrapolation needs a smooth
+    # iteration map, and several Newton steps keep the exact forcing term.
+    from ccmc_estim import mixture
+
+    forcing = []
+    original = mixture.solve_columns
+
+    def solve(problem, theta, **kwargs):
+        forcing.append(kwargs["min_forcing"])
+        return original(problem, theta, **kwargs)
+
+    monkeypatch.setattr(mixture, "solve_columns", solve)
+    rng = np.random.default_rng(5)
+    model = _random_mixture(rng, 8, sentinel=copy_weight == "sentinel")
+    X, y = _simulate(model, rng, 4000, 10)
+    kw = dict(alpha=0.5, copy_weight=copy_weight, tol=1e-12, max_iter=20_000)
+    est = MixtureCCMCEstimator(**kw).fit(X, y)
+    assert set(forcing) == {0.25}
+    trace = est.objective_trace_
+    assert np.all(np.diff(trace) <= 1e-10 * abs(trace[0]))
+    for other in ({"acceleration": "squarem"}, {"newton_steps": 2}):
+        forcing.clear()
+        MixtureCCMCEstimator(**kw, **other).fit(X, y)
+        assert set(forcing) == {0.0}
+    monkeypatch.setattr(mixture, "_PARTIAL_STEP_FORCING", 0.0)
+    exact = MixtureCCMCEstimator(**kw).fit(X, y)
+    assert not np.array_equal(exact.objective_trace_, trace)  # the floor took effect
+    assert trace[-1] == pytest.approx(exact.objective_trace_[-1], rel=1e-9)
+    np.testing.assert_allclose(est.ccmc_.toarray(), exact.ccmc_.toarray(), atol=1e-4)
+
+
 def test_cached_copy_probabilities_equal_a_recomputation(monkeypatch):
     # An E-step at an M-step's result reuses the M-step's probabilities: they must be the
     # very numbers a pass over the prompts gives at those logits.
