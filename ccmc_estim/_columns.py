@@ -119,7 +119,8 @@ def csc_parts(matrix):
 
 
 def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
-                  query=None, pos_weight=None, n_jobs=1, order=None, sentinel=False):
+                  query=None, pos_weight=None, n_jobs=1, order=None, sentinel=False,
+                  uncounted=None):
     """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
 
     ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
@@ -131,11 +132,14 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     a slice of it lays out a range of columns.  With ``sentinel``, every prompt also holds
     the token ``n_tokens - 1`` (never in ``flat``) before its first, counted as a token
     there (the copy-and-generate mixture's sentinel, laid out without a copy of the prompts).
+    The token ``uncounted``, when given, counts 0 wherever it occurs (the mixture's unknown
+    token, never copied): its entries stay, as parameters.
     """
     n = indptr.size - 1
     if sentinel and pos_weight is not None:
         raise ValueError("a sentinel is counted by distance: no pos_weight.")
     extra = n_tokens - 1 if sentinel else -1
+    zero = -1 if uncounted is None else int(uncounted)
     if query is None:
         query = flat[indptr[1:] - 1]
     if weight is None:
@@ -165,9 +169,9 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     count = np.empty(nnz)
     y_entry = np.empty(order.size if y.size else 0, np.int64)
     id_tokens = np.empty(int(id_ptr[-1]), np.int32)
-    run_threads(lambda r: _kernels.layout_fill(*common, *r, y, n_tokens, extra, dist_weight,
-                                               pw, ent_ptr, id_ptr, local, count, y_entry,
-                                               id_tokens), ranges)
+    run_threads(lambda r: _kernels.layout_fill(*common, *r, y, n_tokens, extra, zero,
+                                               dist_weight, pw, ent_ptr, id_ptr, local, count,
+                                               y_entry, id_tokens), ranges)
     return ColumnProblem(
         n_tokens=n_tokens,
         col_ptr=col_ptr,

@@ -216,8 +216,8 @@ def layout_sizes(flat, indptr, order, col_ptr, q0, q1, n_tokens, extra, ent_len,
 
 
 @njit(cache=True, nogil=True)
-def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, dist_weight,
-                pos_weight, ent_ptr, id_ptr, local, count, y_entry, id_tokens):
+def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, uncounted,
+                dist_weight, pos_weight, ent_ptr, id_ptr, local, count, y_entry, id_tokens):
     """Second pass of the column-block layout of the prompts ``order`` (grouped by query, see
     ``col_ptr``) over the columns ``q0:q1``, into arrays sized from :func:`layout_sizes`.
 
@@ -228,8 +228,9 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, 
     ``outputs`` may be empty); column ``q`` identifies tokens
     ``id_tokens[id_ptr[q]:id_ptr[q+1]]`` (sorted).  Unless ``extra`` is -1, every prompt
     also holds that token (the largest, never in ``flat``) once, before its first, counted
-    by ``dist_weight`` at that distance.  Columns are independent: disjoint column ranges
-    can be filled by concurrent threads.
+    by ``dist_weight`` at that distance.  Unless ``uncounted`` is -1, that token's entries
+    count 0.  Columns are independent: disjoint column ranges can be filled by concurrent
+    threads.
     """
     mark = np.empty(n_tokens, np.int64)
     colmark = np.empty(n_tokens, np.int64)
@@ -256,6 +257,8 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, 
                 buf[n] = extra
                 cnt[extra] = dist_weight[min(b - a, last)]
                 n += 1
+            if uncounted >= 0:
+                cnt[uncounted] = 0.0
             e0 = ent_ptr[r]
             _sorted_into(buf, n, local, e0)
             if y_entry.size > 0:
@@ -277,10 +280,11 @@ def layout_fill(flat, indptr, order, col_ptr, q0, q1, outputs, n_tokens, extra, 
 
 @njit(cache=True, nogil=True)
 def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id_tokens,
-                   dist_weight, n_tokens, count):
+                   dist_weight, uncounted, n_tokens, count):
     """The counts of the entries of the columns ``cols`` of a layout (see :func:`layout_fill`)
     at the distance weights ``dist_weight``, into ``count``: the layout's structure does not
-    depend on them.  The same sums in the same order as :func:`_histogram`."""
+    depend on them.  The same sums in the same order as :func:`_histogram`; the token
+    ``uncounted`` (unless -1) counts 0."""
     last = dist_weight.size - 1
     cnt = np.empty(n_tokens, np.float64)  # set for a prompt's tokens before use
     for q in cols:
@@ -293,6 +297,8 @@ def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id
                 cnt[ids[local[j]]] = 0.0
             for j in range(a, b):
                 cnt[flat[j]] += dist_weight[min(b - 1 - j, last)]
+            if uncounted >= 0:
+                cnt[uncounted] = 0.0
             for j in range(ent_ptr[r], ent_ptr[r + 1]):
                 count[j] = cnt[ids[local[j]]]
 

@@ -1167,25 +1167,14 @@ class _EMBlock:
         K, unk = self.K, self.config.unknown_id
         dist_weight = np.exp(bias - bias.max())
         if like is None:
-            problem = build_columns(flat, indptr, K + self.config.sentinel, y, w_covered,
-                                    n_jobs=self.n_jobs, dist_weight=dist_weight,
-                                    sentinel=self.config.sentinel)
-        else:
-            count = np.empty_like(like.count)
-            run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows,
-                        like.col_ptr, like.indptr, like.local, like.id_ptr, like.id_tokens,
-                        dist_weight, K, count)
-            problem = like.with_count(count)
-        if unk is not None:
-            # The unknown token's local index in each column (-1: absent), spread over the
-            # entries: two passes over the parameters and one over the entries.
-            is_unk = problem.id_tokens == unk
-            local_unk = np.full(problem.n_tokens, -1, np.int32)
-            local_unk[problem.id_query[is_unk]] = (np.flatnonzero(is_unk)
-                                                   - problem.id_ptr[problem.id_query[is_unk]])
-            per_prompt = np.repeat(local_unk, np.diff(problem.col_ptr))
-            problem.count[problem.local == np.repeat(per_prompt, np.diff(problem.indptr))] = 0.0
-        return problem
+            return build_columns(flat, indptr, K + self.config.sentinel, y, w_covered,
+                                 n_jobs=self.n_jobs, dist_weight=dist_weight,
+                                 sentinel=self.config.sentinel, uncounted=unk)
+        count = np.empty_like(like.count)
+        run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows, like.col_ptr,
+                    like.indptr, like.local, like.id_ptr, like.id_tokens, dist_weight,
+                    -1 if unk is None else int(unk), K, count)
+        return like.with_count(count)
 
     # ------------------------------------------------------------------ position bias
     def with_bias(self, bias):

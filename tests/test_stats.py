@@ -99,6 +99,16 @@ def test_sentinel_laid_out_in_place(rng, monkeypatch, n_jobs):
                  "id_tokens", "rows"):
         np.testing.assert_array_equal(getattr(cd, name), getattr(ref, name))
     assert (cd.id_tokens[cd.id_ptr[1:][np.diff(cd.id_ptr) > 0] - 1] == K).all()
+    # An uncounted token (the mixture's unknown one) keeps its entries, at a count of 0.
+    unk = int(flat[0])
+    zero = build_columns(flat, indptr, K + 1, y, w, dist_weight=dist, sentinel=True,
+                         n_jobs=n_jobs, uncounted=unk)
+    column = np.repeat(np.repeat(np.arange(K + 1), np.diff(ref.col_ptr)), np.diff(ref.indptr))
+    token = ref.id_tokens[ref.id_ptr[column] + ref.local]  # of every entry
+    np.testing.assert_array_equal(zero.count, np.where(token == unk, 0.0, ref.count))
+    assert (token == unk).sum() > 10
+    for name in ("indptr", "local", "id_tokens"):
+        np.testing.assert_array_equal(getattr(zero, name), getattr(ref, name))
 
 
 def test_permuting_non_last_tokens_keeps_statistics(rng):
