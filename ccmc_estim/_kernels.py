@@ -109,9 +109,9 @@ def _histogram(flat, a, b, stamp, mark, cnt, buf, dist_weight, pos_weight):
 
     Without branches on whether a token is new (every token is written, the position moves
     on for new ones): in real text about one token in three is, a branch on it mispredicts
-    that often, and the layout took a third longer."""
-    last = dist_weight.size - 1
-    by_pos = pos_weight.size > 0
+    that often, and the layout took a third longer.  The counts are summed in a loop of their
+    own, in the same order: fused with the first, choosing between 0 and the running count
+    per token, it took a third longer."""
     n = 0
     for j in range(a, b):
         t = flat[j]
@@ -119,8 +119,15 @@ def _histogram(flat, a, b, stamp, mark, cnt, buf, dist_weight, pos_weight):
         mark[t] = stamp
         buf[n] = t
         n += new
-        c = 0.0 if new else cnt[t]
-        cnt[t] = c + (pos_weight[j] if by_pos else dist_weight[min(b - 1 - j, last)])
+    for k in range(n):
+        cnt[buf[k]] = 0.0
+    if pos_weight.size > 0:
+        for j in range(a, b):
+            cnt[flat[j]] += pos_weight[j]
+    else:
+        last = dist_weight.size - 1
+        for j in range(a, b):
+            cnt[flat[j]] += dist_weight[min(b - 1 - j, last)]
     return n
 
 
