@@ -136,10 +136,15 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     token, never copied): its entries stay, as parameters.
     """
     n = indptr.size - 1
-    if sentinel and pos_weight is not None:
-        raise ValueError("a sentinel is counted by distance: no pos_weight.")
-    extra = n_tokens - 1 if sentinel else -1
+    # Compiled code does not check bounds: a sentinel already in a prompt would be counted
+    # twice and leave an entry unwritten.
+    if sentinel and (pos_weight is not None or (flat.size and flat.max() >= n_tokens - 1)):
+        raise ValueError("a sentinel is counted by distance (no pos_weight) and must not "
+                         "occur in the prompts.")
     zero = -1 if uncounted is None else int(uncounted)
+    if not -1 <= zero < n_tokens - sentinel:
+        raise ValueError(f"uncounted={uncounted} is not a token of the prompts.")
+    extra = n_tokens - 1 if sentinel else -1
     if query is None:
         query = flat[indptr[1:] - 1]
     if weight is None:

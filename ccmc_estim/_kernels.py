@@ -291,7 +291,8 @@ def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id
     """The counts of the entries of the columns ``cols`` of a layout (see :func:`layout_fill`)
     at the distance weights ``dist_weight``, into ``count``: the layout's structure does not
     depend on them.  The same sums in the same order as :func:`_histogram`; the token
-    ``uncounted`` (unless -1) counts 0."""
+    ``uncounted`` (unless -1) counts 0.  Not for a layout with a sentinel (``extra``), which
+    the prompts do not hold: ``cnt`` has no room for it."""
     last = dist_weight.size - 1
     cnt = np.empty(n_tokens, np.float64)  # set for a prompt's tokens before use
     for q in cols:

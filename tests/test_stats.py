@@ -77,18 +77,20 @@ def test_many_distinct_tokens_sorted(rng):
         assert (np.diff(ids) > 0).all()
 
 
+@pytest.mark.parametrize("n_dist", [1, 20, 100])
 @pytest.mark.parametrize("n_jobs", [1, 2])
-def test_sentinel_laid_out_in_place(rng, monkeypatch, n_jobs):
+def test_sentinel_laid_out_in_place(rng, monkeypatch, n_jobs, n_dist):
     # The mixture's sentinel (token K, never in the prompts) is laid out as if every prompt
     # began with it: the same layout as of the prompts with it prepended, also for prompts
-    # with more distinct tokens than the rank sort takes, at distance weights, with outputs
-    # on the sentinel, and column by column on several threads.
+    # with more distinct tokens than the rank sort takes, at distance weights (fewer than
+    # some prompts' lengths, as many as any), with outputs on the sentinel, and column by
+    # column on several threads.
     K = 300
     prompts = [rng.integers(0, K, size=n) for n in rng.integers(1, 90, size=400)]
     flat, indptr, _ = validate_prompts(prompts, n_tokens=K)
     y = np.array([p[rng.integers(p.size)] if rng.random() < 0.7 else K for p in prompts])
     w = rng.uniform(0.5, 2.0, len(prompts)) * (rng.random(len(prompts)) < 0.9)
-    dist = np.exp(-0.1 * np.arange(100))
+    dist = np.exp(-0.1 * np.arange(n_dist))
     monkeypatch.setattr(_columns, "THREAD_MIN_WORK", 0)  # several threads on small data
     with_s = [np.concatenate([[K], p]) for p in prompts]
     flat_s, indptr_s, _ = validate_prompts(with_s, n_tokens=K + 1)
@@ -109,6 +111,12 @@ def test_sentinel_laid_out_in_place(rng, monkeypatch, n_jobs):
     assert (token == unk).sum() > 10
     for name in ("indptr", "local", "id_tokens"):
         np.testing.assert_array_equal(getattr(zero, name), getattr(ref, name))
+    # Compiled code does not check bounds: a sentinel in the prompts, or an uncounted token
+    # outside them, is refused.
+    with pytest.raises(ValueError, match="sentinel"):
+        build_columns(flat_s, indptr_s, K + 1, y, w, sentinel=True)
+    with pytest.raises(ValueError, match="uncounted"):
+        build_columns(flat, indptr, K + 1, y, w, sentinel=True, uncounted=K)
 
 
 def test_permuting_non_last_tokens_keeps_statistics(rng):
