@@ -56,7 +56,9 @@ RANK_SORT_MAX = 64
 
 @njit(cache=True, nogil=True)
 def _sorted_into(src, n, dst, lo):
-    """The distinct values ``src[:n]`` sorted into ``dst[lo:lo + n]``.
+    """The distinct values ``src[:n]`` sorted into ``dst[lo:lo + n]``: a prompt's tokens
+    sorted make every sum over it independent of the order of its non-last tokens, down to
+    the last bit.
 
     Up to ``RANK_SORT_MAX`` of them (a prompt's distinct tokens) each goes straight to its
     rank, the number of smaller ones: comparisons without branches, two to three times
