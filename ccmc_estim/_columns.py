@@ -120,7 +120,7 @@ def csc_parts(matrix):
 
 def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight=_PLAIN,
                   query=None, pos_weight=None, n_jobs=1, order=None, sentinel=False,
-                  uncounted=None):
+                  uncounted=-1):
     """Group the prompts with positive weight by query into a :class:`ColumnProblem`.
 
     ``flat``/``indptr`` are validated prompts (int32 tokens below ``n_tokens``) whose last
@@ -132,7 +132,7 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     a slice of it lays out a range of columns.  With ``sentinel``, every prompt also holds
     the token ``n_tokens - 1`` (never in ``flat``) before its first, counted as a token
     there (the copy-and-generate mixture's sentinel, laid out without a copy of the prompts).
-    The token ``uncounted``, when given, counts 0 wherever it occurs (the mixture's unknown
+    The token ``uncounted`` (-1: none) counts 0 wherever it occurs (the mixture's unknown
     token, never copied): its entries stay, as parameters.
     """
     n = indptr.size - 1
@@ -141,7 +141,7 @@ def build_columns(flat, indptr, n_tokens, outputs=None, weight=None, dist_weight
     if sentinel and (pos_weight is not None or (flat.size and flat.max() >= n_tokens - 1)):
         raise ValueError("a sentinel is counted by distance (no pos_weight) and must not "
                          "occur in the prompts.")
-    zero = -1 if uncounted is None else int(uncounted)
+    zero = int(uncounted)
     if not -1 <= zero < n_tokens - sentinel:
         raise ValueError(f"uncounted={uncounted} is not a token of the prompts.")
     extra = n_tokens - 1 if sentinel else -1

@@ -123,6 +123,15 @@ def _histogram(flat, a, b, stamp, mark, cnt, buf, dist_weight, pos_weight):
         n += new
     for k in range(n):
         cnt[buf[k]] = 0.0
+    _add_counts(flat, a, b, cnt, dist_weight, pos_weight)
+    return n
+
+
+@njit(**_PER_PROMPT)
+def _add_counts(flat, a, b, cnt, dist_weight, pos_weight):
+    """Add every position of ``flat[a:b]`` to its token's count in ``cnt``, weighted as in
+    :func:`_histogram`: the one order of these sums, so that a layout's counts and their
+    recount agree to the last bit."""
     if pos_weight.size > 0:
         for j in range(a, b):
             cnt[flat[j]] += pos_weight[j]
@@ -130,7 +139,6 @@ def _histogram(flat, a, b, stamp, mark, cnt, buf, dist_weight, pos_weight):
         last = dist_weight.size - 1
         for j in range(a, b):
             cnt[flat[j]] += dist_weight[min(b - 1 - j, last)]
-    return n
 
 
 @njit(cache=True)
@@ -295,7 +303,6 @@ def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id
     depend on them.  The same sums in the same order as :func:`_histogram`; the token
     ``uncounted`` (unless -1) counts 0.  Not for a layout with a sentinel (``extra``), which
     the prompts do not hold: ``cnt`` has no room for it."""
-    last = dist_weight.size - 1
     cnt = np.empty(n_tokens, np.float64)  # set for a prompt's tokens before use
     for q in cols:
         ids = id_tokens[id_ptr[q] : id_ptr[q + 1]]
@@ -305,8 +312,7 @@ def layout_recount(cols, flat, indptr, rows, col_ptr, ent_ptr, local, id_ptr, id
             b = indptr[i + 1]
             for j in range(ent_ptr[r], ent_ptr[r + 1]):
                 cnt[ids[local[j]]] = 0.0
-            for j in range(a, b):
-                cnt[flat[j]] += dist_weight[min(b - 1 - j, last)]
+            _add_counts(flat, a, b, cnt, dist_weight, np.empty(0))
             if uncounted >= 0:
                 cnt[uncounted] = 0.0
             for j in range(ent_ptr[r], ent_ptr[r + 1]):

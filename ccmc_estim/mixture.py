@@ -1168,6 +1168,7 @@ class _EMBlock:
         ``exp(bias[d])`` by its distance ``d`` from the end, the unknown token with 0; only
         the counts are computed when the layout ``like`` of the same pairs is given."""
         K, unk = self.K, self.config.unknown_id
+        unk = -1 if unk is None else int(unk)
         dist_weight = np.exp(bias - bias.max())
         if like is None:
             return build_columns(flat, indptr, K + self.config.sentinel, y, w_covered,
@@ -1175,8 +1176,8 @@ class _EMBlock:
                                  sentinel=self.config.sentinel, uncounted=unk)
         count = np.empty_like(like.count)
         run_threads(_kernels.layout_recount, self.chunks, flat, indptr, like.rows, like.col_ptr,
-                    like.indptr, like.local, like.id_ptr, like.id_tokens, dist_weight,
-                    -1 if unk is None else int(unk), K, count)
+                    like.indptr, like.local, like.id_ptr, like.id_tokens, dist_weight, unk, K,
+                    count)
         return like.with_count(count)
 
     # ------------------------------------------------------------------ position bias
