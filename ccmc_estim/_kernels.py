@@ -426,10 +426,16 @@ def column_exp(theta, e):
 
 
 @njit(**_PER_PROMPT)
-def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
+def prompt_log_norm(e, m, local, count, s0, s1, prob, normalise):
     """``log sum_j count_j exp(theta[local_j])`` over the entries ``s0:s1``, from ``e`` and ``m``
-    of :func:`column_exp`.  With ``normalise``, ``prob[s0:s1]`` receives the probabilities;
-    without, it is scratch space (linear or, after an underflow, log scores)."""
+    of :func:`column_exp`, or NaN when the scaled sum may have lost digits to underflow (every
+    logit of the prompt far below the column's largest): the caller then takes
+    :func:`prompt_log_norm_exact`.  With ``normalise``, ``prob[s0:s1]`` receives the
+    probabilities; without, it is scratch space.
+
+    That call is the caller's own: made from this inlined helper, a call passing arrays keeps
+    numba's reference counting of them inside the loop over the prompts, and the likelihood
+    pass took twice as long."""
     s = 0.0
     for j in range(s0, s1):
         v = count[j] * e[local[j]]
@@ -441,16 +447,21 @@ def prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise):
             for j in range(s0, s1):
                 prob[j] *= inv
         return m + np.log(s)
-    for j in range(s0, s1):  # every logit of the prompt far below the column's largest
+    return np.nan
+
+
+@njit(**_NOGIL)
+def prompt_log_norm_exact(theta, local, count, s0, s1, prob, normalise):
+    """:func:`prompt_log_norm` from the logits ``theta`` themselves, by the log-sum-exp (after
+    an underflow, ``prob`` receives log scores when not ``normalise``)."""
+    for j in range(s0, s1):
         prob[j] = theta[local[j]] + np.log(count[j])
     return logsumexp_inplace(prob, s0, s1, normalise)
 
 
 @njit(**_PER_PROMPT)
-def prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, normalise):
-    """``-log C(y)`` of the prompt of entries ``s0:s1`` whose output is entry ``yj``, from
-    :func:`prompt_log_norm` (``prob`` as there)."""
-    lse = prompt_log_norm(theta, e, m, local, count, s0, s1, prob, normalise)
+def prompt_nll(lse, theta, local, count, yj):
+    """``-log C(y)`` of a prompt whose output is entry ``yj``, from its log-normaliser."""
     return lse - theta[local[yj]] - np.log(count[yj])
 
 
@@ -483,7 +494,11 @@ def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, sentine
         s0 = indptr[i]
         s1 = indptr[i + 1]
         yj = y_entry[i]
-        v = prompt_nll(theta, e, m, local, count, s0, s1, yj, prob, with_grad or sentinel)
+        normalise = with_grad or sentinel
+        lse = prompt_log_norm(e, m, local, count, s0, s1, prob, normalise)
+        if lse != lse:
+            lse = prompt_log_norm_exact(theta, local, count, s0, s1, prob, normalise)
+        v = prompt_nll(lse, theta, local, count, yj)
         if nll.size > 0:
             nll[i] = v
         if log_odds.ndim == 1:
@@ -1049,8 +1064,12 @@ def layout_output_proba(cols, lay, theta, out, proba_out, nll_out):
         prob = proba_out[e0:e1] if keep else np.empty(local.size)
         for r in range(lay.col_ptr[q], lay.col_ptr[q + 1]):
             yj = lay.y_entry[r] - e0
-            v = prompt_nll(theta_q, e, m, local, count, lay.indptr[r] - e0,
-                           lay.indptr[r + 1] - e0, yj, prob, True)
+            s0 = lay.indptr[r] - e0
+            s1 = lay.indptr[r + 1] - e0
+            lse = prompt_log_norm(e, m, local, count, s0, s1, prob, True)
+            if lse != lse:
+                lse = prompt_log_norm_exact(theta_q, local, count, s0, s1, prob, True)
+            v = prompt_nll(lse, theta_q, local, count, yj)
             out[r] = prob[yj]
             if keep:
                 nll_out[r] = v

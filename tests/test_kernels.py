@@ -137,6 +137,15 @@ def test_prompts_far_below_the_column_maximum_match_log_space_reference(rng):
     assert f == pytest.approx(ref_f, rel=1e-12)
     np.testing.assert_allclose(grad, ref_g, rtol=1e-9, atol=1e-9)
     assert _kernels.column_nll(theta, *args) == pytest.approx(ref_f, rel=1e-12)
+    # The mixture's E-step scores the same prompts by the same arithmetic, underflow included.
+    out, entry, nll = np.empty(len(prompts)), np.empty(cd.local.size), np.empty(len(prompts))
+    _kernels.layout_output_proba(np.array([0]), cd.layout, theta, out, entry, nll)
+    np.testing.assert_array_equal(entry, prob)
+    np.testing.assert_array_equal(out, prob[cd.y_entry])
+    ref_nll = [logsumexp(theta[np.searchsorted(ids, np.unique(p))] + np.log(np.unique(
+        p, return_counts=True)[1])) - theta[np.searchsorted(ids, y)] - np.log(np.sum(p == y))
+        for p, y in zip(prompts, outputs, strict=True)]
+    np.testing.assert_allclose(nll, ref_nll, rtol=1e-12)
 
 
 def _mixture_loss_reference(theta, prompts, outputs, weight, cd, log_odds):
