@@ -96,7 +96,11 @@ def flatten_prompts(prompts):
             f"got {type(prompts).__name__}."
         )
     arr = None
-    if not (isinstance(prompts, np.ndarray) and prompts.dtype == object):
+    # A list of arrays goes prompt by prompt even when they are all of one length (the same
+    # tokens either way): an attempt at a 2-D array would cost a tenth of a small fit.
+    listed = (isinstance(prompts, (list, tuple)) and len(prompts) > 0
+              and isinstance(prompts[0], np.ndarray) and prompts[0].ndim == 1)
+    if not listed and not (isinstance(prompts, np.ndarray) and prompts.dtype == object):
         try:
             arr = np.asarray(prompts)
         except ValueError:  # ragged nesting: handled prompt by prompt below
@@ -123,15 +127,20 @@ def flatten_prompts(prompts):
     if not seqs:
         raise ValueError("prompts is empty: at least one prompt is required.")
     # Fast path: integer arrays, one per prompt; anything else gets the checks below.  Sets
-    # of types, ranks and dtypes are built at C speed (a generator over 50,000 prompts is a
-    # tenth of a small fit).
-    if (set(map(type, seqs)) == {np.ndarray} and set(map(attrgetter("ndim"), seqs)) == {1}
+    # of types and dtypes are built at C speed (a generator over 50,000 prompts is a tenth of
+    # a small fit); ranks other than 1 make ``len`` or the concatenation fail, or give a flat
+    # array of another rank.
+    if (set(map(type, seqs)) == {np.ndarray}
             and all(dt.kind in "iu" for dt in set(map(attrgetter("dtype"), seqs)))):
-        lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
-        if lengths.min() > 0:
+        try:
+            lengths = np.fromiter(map(len, seqs), np.int64, len(seqs))
+            flat = np.concatenate(seqs)
+        except (TypeError, ValueError):  # a 0-d array, or mixed ranks: named below
+            flat = None
+        if flat is not None and flat.ndim == 1 and lengths.min() > 0:
             indptr = np.zeros(len(seqs) + 1, np.int64)
             np.cumsum(lengths, out=indptr[1:])
-            return np.concatenate(seqs), indptr
+            return flat, indptr
     parts = []
     for i, p in enumerate(seqs):
         if not isinstance(p, np.ndarray):
