@@ -505,36 +505,28 @@ def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, sentine
             # With a sentinel (the prompt's last entry), generating needs its attention too.
             t = log_odds[i] + np.log(prob[s1 - 1]) if sentinel else log_odds[i]
             f += _mixture_prompt(i, v, t, weight, w_rho, w_var)
-            if sentinel:
-                if with_grad:
-                    _add_sentinel_grad(grad, local, prob, s0, s1, yj, weight[i], w_rho[i])
-                continue
-            w = w_rho[i]
+            w = weight[i] if sentinel else w_rho[i]
+            w_y = w_rho[i]
         else:
             w = weight[i]
+            w_y = w
             f += w * v
         if with_grad:
-            _add_prompt_grad(grad, local, prob, s0, s1, yj, w)
+            _add_prompt_grad(grad, local, prob, s0, s1, yj, w, w_y, sentinel)
     return f
 
 
 @njit(**_PER_PROMPT)
-def _add_prompt_grad(grad, local, prob, s0, s1, yj, w):
-    """Add a prompt's gradient ``w (p - e_y)``: one place for both likelihood kernels, so that
-    they agree to the last bit."""
+def _add_prompt_grad(grad, local, prob, s0, s1, yj, w, w_y, sentinel):
+    """Add a prompt's gradient ``w p - w_y e_y``, and with a ``sentinel`` (its last entry)
+    ``- (w - w_y) e_sentinel``: ``w (p - e_y)`` for the CCMC (``w_y = w``), and with a
+    sentinel ``w_y = w rho``, the output copied with posterior ``rho``, else generated.  One
+    place for every likelihood kernel, so that they agree to the last bit."""
     for j in range(s0, s1):
         grad[local[j]] += w * prob[j]
-    grad[local[yj]] -= w
-
-
-@njit(**_PER_PROMPT)
-def _add_sentinel_grad(grad, local, prob, s0, s1, yj, w, w_rho):
-    """Add a prompt's gradient with a sentinel (its last entry), ``w p - w rho e_y - w (1 -
-    rho) e_sentinel``: the output copied with posterior ``rho``, else generated."""
-    for j in range(s0, s1):
-        grad[local[j]] += w * prob[j]
-    grad[local[yj]] -= w_rho
-    grad[local[s1 - 1]] -= w - w_rho
+    grad[local[yj]] -= w_y
+    if sentinel:
+        grad[local[s1 - 1]] -= w - w_y
 
 
 @njit(cache=True, nogil=True)
@@ -549,7 +541,8 @@ def column_nll_grad_from(prob_in, nll_in, indptr, local, y_entry, weight, grad, 
     f = 0.0
     for i in range(indptr.size - 1):
         f += weight[i] * nll_in[i]
-        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], weight[i])
+        _add_prompt_grad(grad, local, prob, indptr[i], indptr[i + 1], y_entry[i], weight[i],
+                         weight[i], False)
     return f
 
 
@@ -647,10 +640,8 @@ def column_mixture_grad(nll, log_odds, sentinel, indptr, local, y_entry, weight,
         s1 = indptr[i + 1]
         t = log_odds[i] + np.log(prob[s1 - 1]) if sentinel else log_odds[i]
         f += _mixture_prompt(i, nll[i], t, weight, w_rho, w_var)
-        if sentinel:
-            _add_sentinel_grad(grad, local, prob, s0, s1, y_entry[i], weight[i], w_rho[i])
-        else:
-            _add_prompt_grad(grad, local, prob, s0, s1, y_entry[i], w_rho[i])
+        w = weight[i] if sentinel else w_rho[i]
+        _add_prompt_grad(grad, local, prob, s0, s1, y_entry[i], w, w_rho[i], sentinel)
     return f
 
 
