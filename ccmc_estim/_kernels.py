@@ -162,7 +162,7 @@ def prompt_counts(flat, indptr, n_tokens, dist_weight):
             mark[t] = i
         nd[i + 1] = nd[i] + d
         most = max(most, indptr[i + 1] - indptr[i])
-    tokens = np.empty(nd[n], np.int32)
+    tokens = np.empty(nd[n], np.uint32)  # sorted as the layout's are (one compilation)
     counts = np.empty(nd[n], np.float64)
     cnt = np.zeros(n_tokens, np.float64)
     mark[:] = -1

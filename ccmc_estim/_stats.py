@@ -319,6 +319,7 @@ def stats_from_flat(flat, indptr, n_tokens, dist_weight=_PLAIN):
     """:class:`PromptStats` of validated flat prompts; ``dist_weight`` as in
     ``_kernels.prompt_counts`` (position-weighted counts)."""
     nd, tokens, counts = _kernels.prompt_counts(flat, indptr, n_tokens, dist_weight)
+    tokens = tokens.view(np.int32)  # token ids, below n_tokens
     query = flat[indptr[1:] - 1].astype(np.int32)
     return PromptStats(n_tokens, nd, tokens, counts, query)
 
