@@ -137,7 +137,9 @@ def flatten_prompts(prompts):
             flat = np.concatenate(seqs)
         except (TypeError, ValueError):  # a 0-d array, or mixed ranks: named below
             flat = None
-        if flat is not None and flat.ndim == 1 and lengths.min() > 0:
+        # Signed and unsigned 64-bit ids together concatenate to floats: cast below.
+        if (flat is not None and flat.ndim == 1 and flat.dtype.kind in "iu"
+                and lengths.min() > 0):
             indptr = np.zeros(len(seqs) + 1, np.int64)
             np.cumsum(lengths, out=indptr[1:])
             return flat, indptr

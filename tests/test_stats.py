@@ -4,7 +4,7 @@ import pytest
 from ccmc_estim import _columns
 from ccmc_estim._columns import build_columns, columns_from_stats
 from ccmc_estim._kernels import RANK_SORT_MAX
-from ccmc_estim._stats import check_outputs, prompt_stats, validate_prompts
+from ccmc_estim._stats import check_outputs, flatten_prompts, prompt_stats, validate_prompts
 
 
 def _same(a, b):
@@ -39,6 +39,15 @@ def test_input_forms_agree(rng):
     ref = prompt_stats(arr)
     for form in forms:
         _same(ref, prompt_stats(form))
+    # Arrays of signed and unsigned 64-bit ids (which numpy joins as floats) and of one
+    # ragged length: the same integer tokens.
+    ragged = [p[: 1 + i % 9] for i, p in enumerate(arr)]
+    mixed = [p.astype(np.uint64 if i % 2 else np.int64) for i, p in enumerate(ragged)]
+    assert flatten_prompts(mixed)[0].dtype.kind in "iu"  # never through floats
+    flat = validate_prompts(mixed)[0]
+    assert flat.dtype == np.int32
+    np.testing.assert_array_equal(flat, np.concatenate(ragged))
+    _same(prompt_stats(ragged), prompt_stats(mixed))
 
 
 def test_ragged_matches_per_prompt(rng):
