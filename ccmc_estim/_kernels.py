@@ -23,7 +23,7 @@ _PER_PROMPT = {**_NOGIL, "inline": "always"}
 def logsumexp_inplace(z, a, b, normalise):
     """``log sum exp z[a:b]``, stable for any finite scores (the one log-sum-exp: column
     problems score in linear space with a shared scale, :func:`prompt_log_norm`, and fall back
-    to this one).
+    to this one through :func:`prompt_log_norm_exact`).
 
     With ``normalise`` the scores are overwritten by their probabilities ``exp(z - lse)``.
     """
@@ -429,9 +429,9 @@ def column_exp(theta, e):
 def prompt_log_norm(e, m, local, count, s0, s1, prob, normalise):
     """``log sum_j count_j exp(theta[local_j])`` over the entries ``s0:s1``, from ``e`` and ``m``
     of :func:`column_exp`, or NaN when the scaled sum may have lost digits to underflow (every
-    logit of the prompt far below the column's largest): the caller then takes
-    :func:`prompt_log_norm_exact`.  With ``normalise``, ``prob[s0:s1]`` receives the
-    probabilities; without, it is scratch space.
+    logit of the prompt far below the column's largest) or is not a number (NaN or infinite
+    logits or counts): the caller then takes :func:`prompt_log_norm_exact`.  With
+    ``normalise``, ``prob[s0:s1]`` receives the probabilities; without, it is scratch space.
 
     That call is the caller's own: made from this inlined helper, a call passing arrays keeps
     numba's reference counting of them inside the loop over the prompts, and the likelihood
@@ -451,12 +451,13 @@ def prompt_log_norm(e, m, local, count, s0, s1, prob, normalise):
 
 
 @njit(**_NOGIL)
-def prompt_log_norm_exact(theta, local, count, s0, s1, prob, normalise):
-    """:func:`prompt_log_norm` from the logits ``theta`` themselves, by the log-sum-exp (after
-    an underflow, ``prob`` receives log scores when not ``normalise``)."""
+def prompt_log_norm_exact(theta, local, count, s0, s1, prob):
+    """:func:`prompt_log_norm` from the logits ``theta`` themselves, by the log-sum-exp;
+    ``prob[s0:s1]`` receives the probabilities (normalised whatever the caller needs: the
+    call is rare, and one type of call is one compilation)."""
     for j in range(s0, s1):
         prob[j] = theta[local[j]] + np.log(count[j])
-    return logsumexp_inplace(prob, s0, s1, normalise)
+    return logsumexp_inplace(prob, s0, s1, True)
 
 
 @njit(**_PER_PROMPT)
@@ -497,7 +498,7 @@ def _column_pass(theta, indptr, local, count, y_entry, weight, log_odds, sentine
         normalise = with_grad or sentinel
         lse = prompt_log_norm(e, m, local, count, s0, s1, prob, normalise)
         if lse != lse:
-            lse = prompt_log_norm_exact(theta, local, count, s0, s1, prob, normalise)
+            lse = prompt_log_norm_exact(theta, local, count, s0, s1, prob)
         v = prompt_nll(lse, theta, local, count, yj)
         if nll.size > 0:
             nll[i] = v
@@ -1059,7 +1060,7 @@ def layout_output_proba(cols, lay, theta, out, proba_out, nll_out):
             s1 = lay.indptr[r + 1] - e0
             lse = prompt_log_norm(e, m, local, count, s0, s1, prob, True)
             if lse != lse:
-                lse = prompt_log_norm_exact(theta_q, local, count, s0, s1, prob, True)
+                lse = prompt_log_norm_exact(theta_q, local, count, s0, s1, prob)
             v = prompt_nll(lse, theta_q, local, count, yj)
             out[r] = prob[yj]
             if keep:

@@ -21,7 +21,7 @@ __all__ = ["Interval", "StrOptions", "number", "validate_params"]
 from . import _kernels
 
 _PLAIN = np.ones(1)  # every position counts once
-_MAX_TOKENS = 2**31 - 1  # token ids are int32 in every compiled kernel
+_MAX_TOKENS = 2**31 - 1  # token ids fit int32 (and uint32) in every compiled kernel
 # Bytes of the arrays of length K that a fit, a prediction or a generation allocates (column
 # pointers, marks, scratch counts, per-column results): checked before allocating them.
 _BYTES_PER_TOKEN = 128
@@ -177,6 +177,12 @@ def flatten_prompts(prompts):
         if p.dtype.kind not in "iu":
             parts[i] = _check_integral(p, f"prompt {i}")
     kinds = {p.dtype.kind for p in parts}
+    if len(kinds) > 1:  # signed and unsigned ids: int64, where no supported id wraps
+        for i, p in enumerate(parts):
+            if p.dtype.kind == "u" and p.max() > _MAX_TOKENS:
+                t = int(np.argmax(p))
+                raise ValueError(f"prompt {i} contains token {int(p[t])} at index ({t},), "
+                                 f"beyond the largest supported id {_MAX_TOKENS}.")
     flat = np.concatenate(parts) if len(kinds) == 1 else np.concatenate(
         [p.astype(np.int64) for p in parts])
     return flat, indptr

@@ -68,8 +68,8 @@ def _check_prompt(prompt, n_tokens=None, what="prompt"):
         raise ValueError(f"{what} must be 1-D, got shape {arr.shape}.")
     try:
         flat, _, _ = validate_prompts([arr], n_tokens)
-    except ValueError as exc:  # name the argument rather than "prompt 0"
-        raise ValueError(str(exc).replace("prompt 0", what, 1)) from None
+    except (TypeError, ValueError) as exc:  # name the argument rather than "prompt 0"
+        raise type(exc)(str(exc).replace("prompt 0", what, 1)) from None
     return flat
 
 

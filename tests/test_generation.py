@@ -168,6 +168,7 @@ def test_learning_from_one_trajectory():
         (lambda m: generate(m, [0, 1], 2.5), TypeError, "n_steps"),
         (lambda m: generate(m, [0, 1], 5, window=0), ValueError, "window"),
         (lambda m: generate(m, [[0, 1]], 5), ValueError, "1-D"),
+        (lambda m: generate(m, [True, False], 5), TypeError, "^prompt must hold integer"),
         (lambda m: generate(np.zeros((3, 3)), [0], 5), TypeError, "CCMC"),
         (lambda m: generate_batch(m, [[0], [1, 7]], 5), ValueError, "prompt 1 has token 7"),
         (lambda m: winner_analysis(m, []), ValueError, "empty"),

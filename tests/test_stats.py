@@ -174,6 +174,8 @@ def test_column_layout(rng):
         (np.array([1, 2, 3]), "1 dimension"),
         ([[0, 1], 3], "prompt 1 is a scalar"),
         ([[0, 1], [[1, 2], [3, 4]]], "prompt 1 must be a flat 1-D"),
+        ([np.array([0, 1]), np.array([2**63 + 5], np.uint64)],
+         "prompt 1 contains token 9223372036854775813 at index \\(0,\\), beyond"),
     ],
 )
 def test_bad_prompts(prompts, match):
