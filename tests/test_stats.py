@@ -39,8 +39,8 @@ def test_input_forms_agree(rng):
     ref = prompt_stats(arr)
     for form in forms:
         _same(ref, prompt_stats(form))
-    # Arrays of signed and unsigned 64-bit ids (which numpy joins as floats) and of one
-    # ragged length: the same integer tokens.
+    # Ragged arrays of signed and unsigned 64-bit ids, which numpy joins as floats: the same
+    # integer tokens.
     ragged = [p[: 1 + i % 9] for i, p in enumerate(arr)]
     mixed = [p.astype(np.uint64 if i % 2 else np.int64) for i, p in enumerate(ragged)]
     assert flatten_prompts(mixed)[0].dtype.kind in "iu"  # never through floats
